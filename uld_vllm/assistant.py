@@ -1,0 +1,150 @@
+"""The ULD assistant's shape: the target's first K layers plus its embeddings, final norm and LM head.
+
+Paper section 3 / ../shared/ULD_REFERENCE.md section 1. Shared by the bundle builder, the reference decoder, the
+vLLM model and the trainer, so the rules for "which tensors belong to the assistant" exist once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import PretrainedConfig
+
+# Families whose decoder layers are `model.layers.{i}` with q/k/v/o + gate/up/down projections.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# LoRA goes on every linear layer of the K layers, never on lm_head or embeddings (reference config).
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+_LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.")
+
+
+class AssistantError(ValueError):
+    """A checkpoint cannot serve as (or produce) a ULD assistant; the message is one line for the user."""
+
+
+def layer_index(name: str) -> int | None:
+    """Decoder-layer index of an HF weight name, or None for shared tensors (embeddings, final norm, LM head)."""
+    match = _LAYER_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def check_family(config: PretrainedConfig | dict, what: str = "target") -> str:
+    model_type = config["model_type"] if isinstance(config, dict) else config.model_type
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise AssistantError(
+            f"{what} model family {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    return model_type
+
+
+def assistant_config(target_config: PretrainedConfig, layers: int) -> PretrainedConfig:
+    """The target's config cut to `layers` decoder layers, per-layer lists (e.g. Qwen2's layer_types) included."""
+    check_family(target_config)
+    depth = target_config.num_hidden_layers
+    if not 1 <= layers <= depth:
+        raise AssistantError(f"assistant layers K={layers} out of range: the target has {depth} layers (1 <= K <= {depth})")
+    config = copy.deepcopy(target_config)
+    for key, value in config.to_dict().items():
+        if isinstance(value, list) and len(value) == depth and key != "architectures":
+            setattr(config, key, value[:layers])
+    config.num_hidden_layers = layers
+    if getattr(config, "max_window_layers", None) is not None:
+        config.max_window_layers = min(config.max_window_layers, layers)
+    return config
+
+
+def safetensors_files(checkpoint_dir: str | Path) -> list[Path]:
+    files = sorted(Path(checkpoint_dir).glob("*.safetensors"))
+    if not files:
+        raise AssistantError(f"no *.safetensors weights in {checkpoint_dir} (convert the checkpoint to safetensors)")
+    return files
+
+
+def read_tensors(checkpoint_dir: str | Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """Only the named tensors a caller needs, read lazily: an assistant of a 70B target never loads the other layers."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in safetensors_files(checkpoint_dir):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if keep(name):
+                    tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def assistant_tensors_from_target(target_dir: str | Path, layers: int) -> dict[str, torch.Tensor]:
+    """HF state dict of the untrained assistant: target layers 0..K-1 plus shared tensors."""
+
+    def keep(name: str) -> bool:
+        index = layer_index(name)
+        return index is None or index < layers
+
+    return read_tensors(target_dir, keep)
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AssistantError(f"assistant adapter in {adapter_dir} is {config.get('peft_type')}, only LoRA is supported")
+    if config.get("use_dora"):
+        raise AssistantError(f"assistant adapter in {adapter_dir} uses DoRA, which uld does not merge")
+    if config.get("bias", "none") != "none":
+        raise AssistantError(f"assistant adapter in {adapter_dir} trains biases (bias={config['bias']!r}); use bias='none'")
+    if config.get("modules_to_save"):
+        raise AssistantError(f"assistant adapter in {adapter_dir} saves full modules {config['modules_to_save']}; ULD shares them with the target")
+    return config
+
+
+def read_adapter_weights(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.exists():
+        raise AssistantError(f"assistant adapter weights missing: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+_LORA_NAME = re.compile(r"^(?:base_model\.model\.)?(model\.layers\.\d+\..+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+
+
+def lora_deltas(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Per base weight name, the dense update scaling * B @ A (float32), from a PEFT LoRA adapter directory."""
+    config = read_adapter_config(adapter_dir)
+    rank = config["r"]
+    scaling = config["lora_alpha"] / (rank**0.5 if config.get("use_rslora") else rank)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in read_adapter_weights(adapter_dir).items():
+        match = _LORA_NAME.match(name)
+        if match is None:
+            raise AssistantError(f"assistant adapter tensor {name!r} is not a LoRA weight of a decoder layer")
+        pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+    deltas = {}
+    for module, pair in pairs.items():
+        if set(pair) != {"A", "B"}:
+            raise AssistantError(f"assistant adapter has an incomplete LoRA pair for {module}")
+        deltas[f"{module}.weight"] = scaling * (pair["B"].float() @ pair["A"].float())  # (out, r) @ (r, in)
+    return deltas
+
+
+def adapter_depth(adapter_dir: str | Path) -> int:
+    """K implied by an adapter: one past the deepest layer it touches."""
+    indices = [layer_index(name) for name in lora_deltas(adapter_dir)]
+    if not indices:
+        raise AssistantError(f"assistant adapter in {adapter_dir} holds no LoRA weights")
+    return max(i for i in indices if i is not None) + 1
+
+
+def merge_lora(base: dict[str, torch.Tensor], adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Base layer tensors with the adapter's updates added (new tensors; base's dtype kept)."""
+    merged = dict(base)
+    for name, delta in lora_deltas(adapter_dir).items():
+        if name not in base:
+            raise AssistantError(f"assistant adapter updates {name}, which is not among the assistant's layers")
+        if base[name].shape != delta.shape:
+            raise AssistantError(f"assistant adapter update for {name} has shape {tuple(delta.shape)}, the weight {tuple(base[name].shape)}")
+        merged[name] = (base[name].float() + delta).to(base[name].dtype)
+    return merged
