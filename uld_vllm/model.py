@@ -1,0 +1,128 @@
+"""ULDForCausalLM: target and assistant co-run in one vLLM model, each with its own paged KV cache.
+
+Shape follows vLLM's llama.py: keyword-only constructor, distinct prefixes ("target", "assistant") so every attention
+layer has a unique name (and so its own KV cache), `forward` -> hidden states, `compute_logits` -> ULD logits.
+The assistant shares the target's embeddings, final norm and LM head modules: stored and loaded once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.sequence import IntermediateTensors
+
+from uld_vllm.assistant import assistant_config
+from uld_vllm.bundle import BundleError, ULDSettings, assistant_layer_tensors, check_weight_filter, read_bundle
+from uld_vllm.combine import Mode, combine
+
+# Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
+# (teacher-forced scoring, what TOFU metrics read) need scoring mode. vLLM calls one method for both, so the plugin
+# wraps the runners' prompt-logprob entry points in `scoring_mode()` (see uld_vllm.plugin).
+_MODE: contextvars.ContextVar[Mode] = contextvars.ContextVar("uld_logits_mode", default="generate")
+
+
+@contextlib.contextmanager
+def scoring_mode() -> Iterator[None]:
+    token = _MODE.set("score")
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def _family_class(model_type: str) -> type[nn.Module]:
+    if model_type == "llama":
+        from vllm.model_executor.models.llama import LlamaForCausalLM
+
+        return LlamaForCausalLM
+    if model_type == "mistral":
+        from vllm.model_executor.models.mistral import MistralForCausalLM
+
+        return MistralForCausalLM
+    if model_type == "qwen2":
+        from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM
+    raise BundleError(f"model family {model_type!r} is not supported by ULDForCausalLM (llama, mistral, qwen2)")
+
+
+def engine_settings(hf_config) -> ULDSettings:
+    """The bundle's ULD settings with engine-time overrides (`hf_overrides={"uld_weight": w, "uld_filter": r}`)."""
+    settings = ULDSettings(**hf_config.uld).validated()
+    weight = getattr(hf_config, "uld_weight", None)
+    filter = getattr(hf_config, "uld_filter", None)
+    weight = settings.weight if weight is None else float(weight)
+    filter = settings.filter if filter is None else float(filter)
+    check_weight_filter(weight, filter)
+    return ULDSettings(settings.assistant_layers, weight, filter, settings.assistant_format, settings.version)
+
+
+class ULDForCausalLM(nn.Module):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        if not hasattr(config, "uld"):
+            raise BundleError(f"{vllm_config.model_config.model} has no 'uld' config section: not a ULD bundle")
+        self.settings = engine_settings(config)
+        self.bundle_path = vllm_config.model_config.model
+        family = _family_class(config.model_type)
+
+        self.target = family(vllm_config=vllm_config, prefix=_join(prefix, "target"))
+        small = assistant_config(config, self.settings.assistant_layers)
+        assistant_vllm_config = vllm_config.with_hf_config(small, list(config.architectures))
+        self.assistant = family(vllm_config=assistant_vllm_config, prefix=_join(prefix, "assistant"))
+        # Shared with the target by construction (paper section 3): one copy in memory, loaded once.
+        self.assistant.model.embed_tokens = self.target.model.embed_tokens
+        self.assistant.model.norm = self.target.model.norm
+        self.assistant.lm_head = self.target.lm_head
+        self.hidden_size = config.hidden_size
+        self.make_empty_intermediate_tensors = self.target.make_empty_intermediate_tensors
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.target.embed_input_ids(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        target_hidden = self.target(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
+        assistant_hidden = self.assistant(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
+        # The runner selects rows (tokens) of whatever forward returns and hands them to compute_logits, so both
+        # models' states travel together on the feature axis.
+        return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        target_hidden, assistant_hidden = hidden_states.split(self.hidden_size, dim=-1)  # (N, H) each
+        logits = self.target.logits_processor(self.target.lm_head, torch.cat([target_hidden, assistant_hidden]))
+        if logits is None:  # not the last pipeline rank
+            return None
+        target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
+        return combine(target_logits, assistant_logits, self.settings.weight, self.settings.filter, _MODE.get())
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        loaded = {f"target.{name}" for name in self.target.load_weights(_checked(weights, "target"))}
+        bundle = read_bundle(self.bundle_path)
+        if bundle.settings.assistant_layers != self.settings.assistant_layers:
+            raise BundleError(f"bundle {self.bundle_path} changed while loading (assistant layers)")
+        layers = assistant_layer_tensors(bundle)  # layers 0..K-1 only; shared tensors are the target's
+        loaded |= {f"assistant.{name}" for name in self.assistant.load_weights(layers.items())}
+        return loaded
+
+
+def _checked(weights: Iterable[tuple[str, torch.Tensor]], what: str) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, tensor in weights:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise BundleError(f"{what} weight {name} contains NaN or inf")
+        yield name, tensor
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
