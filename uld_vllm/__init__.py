@@ -1,0 +1,1 @@
+"""uld: ULD unlearning (logit difference with an assistant LLM) at vLLM speed."""
