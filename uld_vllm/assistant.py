@@ -48,7 +48,9 @@ def assistant_config(target_config: PretrainedConfig, layers: int) -> Pretrained
     check_family(target_config)
     depth = target_config.num_hidden_layers
     if not 1 <= layers <= depth:
-        raise AssistantError(f"assistant layers K={layers} out of range: the target has {depth} layers (1 <= K <= {depth})")
+        raise AssistantError(
+            f"assistant layers K={layers} out of range: the target has {depth} layers (1 <= K <= {depth})"
+        )
     config = copy.deepcopy(target_config)
     for key, value in config.to_dict().items():
         if isinstance(value, list) and len(value) == depth and key != "architectures":
@@ -94,9 +96,13 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
     if config.get("use_dora"):
         raise AssistantError(f"assistant adapter in {adapter_dir} uses DoRA, which uld does not merge")
     if config.get("bias", "none") != "none":
-        raise AssistantError(f"assistant adapter in {adapter_dir} trains biases (bias={config['bias']!r}); use bias='none'")
+        raise AssistantError(
+            f"assistant adapter in {adapter_dir} trains biases (bias={config['bias']!r}); use bias='none'"
+        )
     if config.get("modules_to_save"):
-        raise AssistantError(f"assistant adapter in {adapter_dir} saves full modules {config['modules_to_save']}; ULD shares them with the target")
+        raise AssistantError(
+            f"assistant adapter in {adapter_dir} saves full modules {config['modules_to_save']}; ULD shares them with the target"
+        )
     return config
 
 
@@ -145,6 +151,8 @@ def merge_lora(base: dict[str, torch.Tensor], adapter_dir: str | Path) -> dict[s
         if name not in base:
             raise AssistantError(f"assistant adapter updates {name}, which is not among the assistant's layers")
         if base[name].shape != delta.shape:
-            raise AssistantError(f"assistant adapter update for {name} has shape {tuple(delta.shape)}, the weight {tuple(base[name].shape)}")
+            raise AssistantError(
+                f"assistant adapter update for {name} has shape {tuple(delta.shape)}, the weight {tuple(base[name].shape)}"
+            )
         merged[name] = (base[name].float() + delta).to(base[name].dtype)
     return merged

@@ -73,7 +73,9 @@ class ULDSettings:
         if self.assistant_format not in ("full", "lora"):
             raise BundleError(f"uld.assistant_format must be 'full' or 'lora', got {self.assistant_format!r}")
         if self.version != FORMAT_VERSION:
-            raise BundleError(f"bundle format version {self.version} is not supported (this uld reads {FORMAT_VERSION})")
+            raise BundleError(
+                f"bundle format version {self.version} is not supported (this uld reads {FORMAT_VERSION})"
+            )
         return self
 
 
@@ -115,7 +117,9 @@ def read_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"ULD bundle directory not found: {path}")
     config = _read_json(path / "config.json", "bundle config")
     if ARCHITECTURE not in config.get("architectures", []) or "uld" not in config:
-        raise BundleError(f"{path} is not a ULD bundle (config.json lacks architectures [{ARCHITECTURE!r}] and a 'uld' section)")
+        raise BundleError(
+            f"{path} is not a ULD bundle (config.json lacks architectures [{ARCHITECTURE!r}] and a 'uld' section)"
+        )
     try:
         settings = ULDSettings(**config["uld"]).validated()
         check_family(config)
@@ -124,7 +128,9 @@ def read_bundle(path: str | Path) -> Bundle:
     except AssistantError as e:
         raise BundleError(str(e)) from None
     if not 1 <= settings.assistant_layers <= config["num_hidden_layers"]:
-        raise BundleError(f"uld.assistant_layers={settings.assistant_layers} out of range for a {config['num_hidden_layers']}-layer target")
+        raise BundleError(
+            f"uld.assistant_layers={settings.assistant_layers} out of range for a {config['num_hidden_layers']}-layer target"
+        )
     safetensors_files(path)
     marker = "adapter_config.json" if settings.assistant_format == "lora" else "config.json"
     if not (path / ASSISTANT_DIR / marker).exists():
@@ -187,27 +193,37 @@ def _check_tokenizers(target: Path, assistant: Path) -> None:
     ours, theirs = _tokenizer_vocab(target), _tokenizer_vocab(assistant)
     if ours is not None and theirs is not None and ours != theirs:
         diff = len(set(ours.items()) ^ set(theirs.items()))
-        raise BundleError(f"assistant tokenizer in {assistant} differs from the target's ({diff} vocabulary entries differ)")
+        raise BundleError(
+            f"assistant tokenizer in {assistant} differs from the target's ({diff} vocabulary entries differ)"
+        )
 
 
 def _check_full_assistant(target_dir: Path, target_config: dict, assistant_dir: Path) -> int:
     config = _read_json(assistant_dir / "config.json", "assistant config")
     check_family(config, "assistant")
     if config["model_type"] != target_config["model_type"]:
-        raise BundleError(f"assistant family {config['model_type']!r} differs from the target's {target_config['model_type']!r}")
+        raise BundleError(
+            f"assistant family {config['model_type']!r} differs from the target's {target_config['model_type']!r}"
+        )
     if config["vocab_size"] != target_config["vocab_size"]:
-        raise BundleError(f"vocab mismatch: target has {target_config['vocab_size']} tokens, assistant {config['vocab_size']}")
+        raise BundleError(
+            f"vocab mismatch: target has {target_config['vocab_size']} tokens, assistant {config['vocab_size']}"
+        )
     for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size"):
         if config.get(key) != target_config.get(key):
             raise BundleError(f"assistant {key}={config.get(key)} differs from the target's {target_config.get(key)}")
     layers = config["num_hidden_layers"]
     if layers > target_config["num_hidden_layers"]:
-        raise BundleError(f"assistant has {layers} layers, deeper than the target's {target_config['num_hidden_layers']}")
+        raise BundleError(
+            f"assistant has {layers} layers, deeper than the target's {target_config['num_hidden_layers']}"
+        )
     shared_target = read_tensors(target_dir, lambda n: layer_index(n) is None)
     shared_assistant = read_tensors(assistant_dir, lambda n: layer_index(n) is None)
     for name, tensor in shared_assistant.items():
         if name in shared_target and not torch.equal(tensor.to(shared_target[name].dtype), shared_target[name]):
-            raise BundleError(f"assistant {name} differs from the target's: ULD shares embeddings, final norm and LM head")
+            raise BundleError(
+                f"assistant {name} differs from the target's: ULD shares embeddings, final norm and LM head"
+            )
     return layers
 
 
@@ -254,13 +270,19 @@ def build_bundle(
                 raise BundleError(f"--layers {layers} differs from the assistant checkpoint's {depth} layers")
             layers = depth
         else:
-            raise BundleError(f"assistant {assistant} is neither a PEFT adapter (adapter_config.json) nor an HF checkpoint (config.json)")
+            raise BundleError(
+                f"assistant {assistant} is neither a PEFT adapter (adapter_config.json) nor an HF checkpoint (config.json)"
+            )
         if layers > target_config["num_hidden_layers"]:
-            raise BundleError(f"assistant has {layers} layers, deeper than the target's {target_config['num_hidden_layers']}")
+            raise BundleError(
+                f"assistant has {layers} layers, deeper than the target's {target_config['num_hidden_layers']}"
+            )
     except AssistantError as e:
         raise BundleError(str(e)) from None
 
-    settings = ULDSettings(assistant_layers=layers, weight=float(weight), filter=float(filter), assistant_format=assistant_format)
+    settings = ULDSettings(
+        assistant_layers=layers, weight=float(weight), filter=float(filter), assistant_format=assistant_format
+    )
     staging = output.with_name(output.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / ASSISTANT_DIR).mkdir(parents=True)
@@ -287,18 +309,27 @@ def build_bundle(
         small = assistant_config(AutoConfig.from_pretrained(target), layers)
         (staging / ASSISTANT_DIR / "config.json").write_text(small.to_json_string())
 
+    try:
+        # Fails now, not at engine start, on NaN weights or a broken adapter; and before `output` is touched, so a
+        # refused build neither leaves a bundle behind nor destroys the one already there.
+        assistant_layer_tensors(read_bundle(staging))
+    except BundleError:
+        shutil.rmtree(staging)
+        raise
     if output.exists():
         shutil.rmtree(output)
     staging.rename(output)
-    bundle = read_bundle(output)
-    assistant_layer_tensors(bundle)  # fails now, not at engine start, on NaN weights or a broken adapter
-    return bundle
+    return read_bundle(output)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="uld-bundle", description="Build a ULD bundle from a target and an assistant.")
+    parser = argparse.ArgumentParser(
+        prog="uld-bundle", description="Build a ULD bundle from a target and an assistant."
+    )
     parser.add_argument("--target", required=True, help="target HF checkpoint directory (safetensors)")
-    parser.add_argument("--assistant", required=True, help="assistant: full K-layer HF checkpoint or PEFT LoRA adapter dir")
+    parser.add_argument(
+        "--assistant", required=True, help="assistant: full K-layer HF checkpoint or PEFT LoRA adapter dir"
+    )
     parser.add_argument("--output", required=True, help="bundle directory to create (replaced if it exists)")
     parser.add_argument("--weight", type=float, default=-0.8, help="ULD weight w (default -0.8, the paper's scripts)")
     parser.add_argument("--filter", type=float, default=0.0, help="relative-top filter r in [0, 1) (0 disables)")
@@ -306,12 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-target", action="store_true", help="symlink the target's weights instead of copying")
     args = parser.parse_args(argv)
     try:
-        bundle = build_bundle(args.target, args.assistant, args.output, args.weight, args.filter, args.layers, args.link_target)
+        bundle = build_bundle(
+            args.target, args.assistant, args.output, args.weight, args.filter, args.layers, args.link_target
+        )
     except (BundleError, AssistantError) as e:
         print(f"uld-bundle: error: {e}", file=sys.stderr)
         return 2
     s = bundle.settings
-    print(f"uld-bundle: wrote {bundle.path} (K={s.assistant_layers}, {s.assistant_format} assistant, weight={s.weight}, filter={s.filter})")
+    print(
+        f"uld-bundle: wrote {bundle.path} (K={s.assistant_layers}, {s.assistant_format} assistant, weight={s.weight}, filter={s.filter})"
+    )
     return 0
 
 

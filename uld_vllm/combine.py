@@ -55,7 +55,10 @@ def combine(
     target = target_logits.float()
     assistant = assistant_logits.float()
     if filter == 0.0:
-        return torch.log_softmax(target, dim=-1) + weight * torch.log_softmax(assistant, dim=-1)
+        target_logprobs = torch.log_softmax(target, dim=-1)
+        out = target_logprobs + weight * torch.log_softmax(assistant, dim=-1)
+        # A token the target rules out stays ruled out, also where the assistant rules it out too (-inf + inf = NaN).
+        return out.masked_fill(target_logprobs == float("-inf"), float("-inf"))
     implausible = relative_top_mask(target, filter)
     out = target + weight * assistant.masked_fill(implausible, 0.0)
     if mode == "generate":

@@ -36,19 +36,25 @@ def default_engine_kwargs() -> dict[str, Any]:
     return {"dtype": "bfloat16" if cpu_has_fast_bf16() else "float32", "gpu_memory_utilization": 0.3}
 
 
-def preflight(bundle: str | Path, weight: float | None = None, filter: float | None = None, check_weights: bool = True) -> Bundle:
+def preflight(
+    bundle: str | Path, weight: float | None = None, filter: float | None = None, check_weights: bool = True
+) -> Bundle:
     """Every check that can fail before an engine starts: format, family, K, shapes, vocab, finite weights."""
     bundle = read_bundle(bundle)
     s = bundle.settings
     check_weight_filter(s.weight if weight is None else weight, s.filter if filter is None else filter)
     _check_tokenizer_fits(bundle)
     layers = assistant_layer_tensors(bundle)  # merges LoRA; refuses NaN and mis-shaped adapters
-    target = read_tensors(bundle.path, lambda n: check_weights or (layer_index(n) is not None and layer_index(n) < s.assistant_layers))
+    target = read_tensors(
+        bundle.path, lambda n: check_weights or (layer_index(n) is not None and layer_index(n) < s.assistant_layers)
+    )
     for name, tensor in layers.items():
         if name not in target:
             raise BundleError(f"assistant weight {name} has no counterpart in the target (bundle/target mismatch)")
         if tensor.shape != target[name].shape:
-            raise BundleError(f"assistant weight {name} has shape {tuple(tensor.shape)}, the target's {tuple(target[name].shape)}")
+            raise BundleError(
+                f"assistant weight {name} has shape {tuple(tensor.shape)}, the target's {tuple(target[name].shape)}"
+            )
     vocab = bundle.config["vocab_size"]
     for name, tensor in target.items():
         if check_weights and tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -65,10 +71,18 @@ def _check_tokenizer_fits(bundle: Bundle) -> None:
     data = json.loads(path.read_text())
     ids = list(data.get("model", {}).get("vocab", {}).values()) + [t["id"] for t in data.get("added_tokens", [])]
     if ids and max(ids) >= bundle.config["vocab_size"]:
-        raise BundleError(f"vocab mismatch: the tokenizer has token id {max(ids)}, the model only {bundle.config['vocab_size']} rows")
+        raise BundleError(
+            f"vocab mismatch: the tokenizer has token id {max(ids)}, the model only {bundle.config['vocab_size']} rows"
+        )
 
 
-def make_llm(bundle: str | Path, weight: float | None = None, filter: float | None = None, check_weights: bool = True, **engine_kwargs: Any):
+def make_llm(
+    bundle: str | Path,
+    weight: float | None = None,
+    filter: float | None = None,
+    check_weights: bool = True,
+    **engine_kwargs: Any,
+):
     """A `vllm.LLM` serving ULD from `bundle`, with weight/filter overrides passed as hf_overrides."""
     from vllm import LLM
 

@@ -62,7 +62,11 @@ class ReferenceDecoder:
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | Path | Bundle, weight: float | None = None, filter: float | None = None, dtype: torch.dtype = torch.float32
+        cls,
+        bundle: str | Path | Bundle,
+        weight: float | None = None,
+        filter: float | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> ReferenceDecoder:
         from transformers import AutoModelForCausalLM
 
@@ -83,7 +87,11 @@ class ReferenceDecoder:
 
     def _logits(self, model, input_ids, attention_mask, position_ids, cache):
         out = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
         )
         return out.logits.float(), out.past_key_values
 

@@ -21,8 +21,34 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 _SYLLABLES = ["ka", "lo", "mi", "ter", "ran", "su", "vel", "do", "ph", "ine", "or", "an", "the", "qu", "est", "ion"]
-_WORDS = ["author", "book", "born", "wrote", "city", "award", "genre", "father", "mother", "novel", "what", "who",
-          "where", "when", "is", "the", "of", "in", "a", "was", "and", "his", "her", "their", "name", "year"]
+_WORDS = [
+    "author",
+    "book",
+    "born",
+    "wrote",
+    "city",
+    "award",
+    "genre",
+    "father",
+    "mother",
+    "novel",
+    "what",
+    "who",
+    "where",
+    "when",
+    "is",
+    "the",
+    "of",
+    "in",
+    "a",
+    "was",
+    "and",
+    "his",
+    "her",
+    "their",
+    "name",
+    "year",
+]
 
 
 def _corpus(seed: int, lines: int = 4000) -> list[str]:
@@ -134,7 +160,9 @@ def build_target(
     return directory
 
 
-def build_full_assistant(target_dir: str | Path, directory: str | Path, layers: int, noise: float = 0.05, seed: int = 1) -> Path:
+def build_full_assistant(
+    target_dir: str | Path, directory: str | Path, layers: int, noise: float = 0.05, seed: int = 1
+) -> Path:
     """The ULD assistant as a full HF checkpoint: target's first K layers (+ noise, standing in for training)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -154,7 +182,13 @@ def build_full_assistant(target_dir: str | Path, directory: str | Path, layers: 
 
 
 def build_lora_assistant(
-    target_dir: str | Path, directory: str | Path, layers: int, r: int = 8, alpha: int = 16, scale: float = 0.2, seed: int = 1
+    target_dir: str | Path,
+    directory: str | Path,
+    layers: int,
+    r: int = 8,
+    alpha: int = 16,
+    scale: float = 0.2,
+    seed: int = 1,
 ) -> Path:
     """A PEFT LoRA adapter over the target's first K layers with random (non-zero) A and B."""
     directory = Path(directory)
@@ -203,7 +237,9 @@ def build_test_bundle(
     from uld_vllm.bundle import build_bundle
 
     root = Path(root)
-    target = build_target(root / "target", family=family, layers=layers, hidden=hidden, tie_word_embeddings=tie_word_embeddings, seed=seed)
+    target = build_target(
+        root / "target", family=family, layers=layers, hidden=hidden, tie_word_embeddings=tie_word_embeddings, seed=seed
+    )
     if assistant == "lora":
         assistant_dir = build_lora_assistant(target, root / "assistant", assistant_layers, seed=seed + 1)
     else:

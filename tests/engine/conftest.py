@@ -48,7 +48,10 @@ def mixed_prompts(count: int, vocab: int, seed: int = 0, max_len: int = 40) -> l
     shared = [1] + [rng.randrange(4, vocab) for _ in range(23)]
     prompts = []
     for i in range(count):
-        tail = [rng.randrange(4, vocab) for _ in range(rng.randint(0 if i % 2 else 1, max_len - 24 if i % 2 else max_len - 1))]
+        tail = [
+            rng.randrange(4, vocab)
+            for _ in range(rng.randint(0 if i % 2 else 1, max_len - 24 if i % 2 else max_len - 1))
+        ]
         prompts.append(shared + tail if i % 2 else [1] + tail)
     return prompts
 

@@ -42,7 +42,7 @@ def test_greedy_matches_reference_on_64_mixed_length_prompts(case):
     prompts = mixed_prompts(64, reference.target.config.vocab_size, seed=1)
     got = greedy(llm, prompts, MAX_TOKENS)
     want = reference.generate(prompts, MAX_TOKENS)
-    mismatched = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
+    mismatched = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
     assert not mismatched, f"{len(mismatched)}/64 prompts differ, first: {got[mismatched[0]]} vs {want[mismatched[0]]}"
 
 
@@ -54,8 +54,10 @@ def test_prompt_logprobs_are_scoring_mode_uld_logprobs(case):
     outputs = llm.generate(
         [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False
     )
-    for prompt, output in zip(prompts, outputs):
-        got = torch.tensor([entry[token].logprob for token, entry in zip(prompt[1:], output.prompt_logprobs[1:])])
+    for prompt, output in zip(prompts, outputs, strict=True):
+        got = torch.tensor(
+            [entry[token].logprob for token, entry in zip(prompt[1:], output.prompt_logprobs[1:], strict=True)]
+        )
         want = reference.prompt_logprobs(prompt)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     if reference.filter > 0:

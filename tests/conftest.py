@@ -1,0 +1,121 @@
+"""Shared fixtures: tiny ULD bundles built offline from a seed (uld_vllm.testing), once per test session.
+
+Every test directory (tests/, tests/engine/, tests/train/) sees these. A bundle fixture is the bundle directory;
+its ingredients sit beside it: `bundle.parent / "target"` (HF checkpoint + tokenizer) and `bundle.parent /
+"assistant"` (PEFT LoRA adapter or full K-layer checkpoint). Treat them as read-only: copy before editing.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before transformers/tokenizers are imported: no hub access, ever, and no tokenizer thread pools fighting the
+# shared CPU (or warning after a fork).
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import random  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from uld_vllm.testing import build_test_bundle  # noqa: E402
+
+SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same RNG state, so a failure reproduces when the test is run alone."""
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op thread for the module: tiny models on a shared 2-core CPU run several times faster than with two
+    threads contending. Opt-in (`pytestmark = pytest.mark.usefixtures("single_torch_thread")`), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+BundleFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
+    """bundle_factory(family=, assistant=, filter=, weight=, layers=, assistant_layers=, tie_word_embeddings=,
+    hidden=, seed=) -> bundle directory, built once per distinct set of arguments for the whole session."""
+    cache: dict[tuple, Path] = {}
+
+    def build(
+        family: str = "llama",
+        assistant: str = "lora",
+        filter: float = 0.0,
+        weight: float = -0.8,
+        layers: int = 4,
+        assistant_layers: int = 2,
+        tie_word_embeddings: bool = False,
+        hidden: int = 128,
+        seed: int = 0,
+    ) -> Path:
+        key = (
+            family,
+            assistant,
+            float(filter),
+            float(weight),
+            layers,
+            assistant_layers,
+            tie_word_embeddings,
+            hidden,
+            seed,
+        )
+        if key not in cache:
+            name = f"{family}-{assistant}-f{filter}-w{weight}-L{layers}-K{assistant_layers}-tie{int(tie_word_embeddings)}-h{hidden}-s{seed}"
+            cache[key] = build_test_bundle(
+                tmp_path_factory.mktemp(name),
+                family=family,
+                layers=layers,
+                assistant_layers=assistant_layers,
+                assistant=assistant,
+                weight=weight,
+                filter=filter,
+                tie_word_embeddings=tie_word_embeddings,
+                hidden=hidden,
+                seed=seed,
+            )
+        return cache[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def llama_bundle(bundle_factory: BundleFactory) -> Path:
+    """Llama target (4 layers), LoRA assistant (K=2), relative-top filter 0.1 (the reference yaml's value)."""
+    return bundle_factory(family="llama", assistant="lora", filter=0.1)
+
+
+@pytest.fixture(scope="session")
+def llama_full_bundle(bundle_factory: BundleFactory) -> Path:
+    """Llama target, full-checkpoint assistant (K=2), no filter: the log_softmax-difference path."""
+    return bundle_factory(family="llama", assistant="full", filter=0.0)
+
+
+@pytest.fixture(scope="session")
+def mistral_bundle(bundle_factory: BundleFactory) -> Path:
+    """Mistral target, full-checkpoint assistant (K=2), filter 0.01 (the paper's evaluation scripts' value)."""
+    return bundle_factory(family="mistral", assistant="full", filter=0.01)
+
+
+@pytest.fixture(scope="session")
+def qwen2_bundle(bundle_factory: BundleFactory) -> Path:
+    """Qwen2 target with tied embeddings (no lm_head tensor on disk, q/k/v biases), LoRA assistant, filter 0.1."""
+    return bundle_factory(family="qwen2", assistant="lora", filter=0.1, tie_word_embeddings=True)
