@@ -342,6 +342,8 @@ def sampling_params_for(config: BatchConfig, row: int, overrides: dict[str, Any]
         "seed": None if config.seed is None else config.seed + row,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if config.n > 1 and values["temperature"] == 0.0:
+        raise BatchError(f"row {row}: temperature 0 with --n {config.n} (greedy decoding would repeat one completion)")
     if values["top_k"] == 0:
         values["top_k"] = -1
     return SamplingParams(n=config.n, **values)
@@ -481,6 +483,8 @@ def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     check_output(output)
     if config.n < 1 or config.max_tokens < 1 or config.batch_size < 1 or config.max_model_len < 2:
         raise BatchError("--n, --max-tokens, --batch-size must be >= 1 and --max-model-len >= 2")
+    if config.n > 1 and config.temperature == 0.0:
+        raise BatchError("--n > 1 needs sampling (--temperature > 0): greedy decoding would repeat one completion")
     bundle = Path(config.model) if config.model else default_bundle()
     from uld_vllm.engine import preflight
 
