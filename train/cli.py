@@ -1,0 +1,103 @@
+"""`uld-train`: train a ULD assistant (a bundle comes out) or an unlearning baseline (an HF checkpoint comes out)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from uld_train.config import DTYPES, TrainConfig, TrainError
+from uld_train.loop import train
+from uld_train.methods import METHODS
+
+EPILOG = """examples:
+  uld-train --target llama --forget forget10.json --retain retain90.json --output uld-bundle
+  uld-train --method npo_gd --target llama --forget forget10.json --retain retain90.json --output npo-model
+Data: parquet or JSON lines with question/answer columns; paraphrased_question, paraphrased_answer and
+perturbed_answer columns, when present, augment the data (see uld_train.data)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="uld-train",
+        description="Train a ULD assistant (LoRA on the target's first K layers) or an unlearning baseline.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--target", required=True, type=Path, help="target HF checkpoint directory (safetensors + tokenizer)"
+    )
+    p.add_argument("--forget", required=True, type=Path, help="forget set (.parquet, .json or .jsonl)")
+    p.add_argument("--retain", type=Path, default=None, help="retain set, same format (needed by all but ga and npo)")
+    p.add_argument("--output", required=True, type=Path, help="bundle (uld) or HF checkpoint (baselines) to write")
+    p.add_argument("--method", choices=list(METHODS), default="uld", help="objective (default: uld)")
+    p.add_argument("--layers", type=int, default=None, help="uld: assistant depth K (default: max(1, depth // 4))")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--lora-alpha", type=float, default=32.0, help="LoRA alpha (default 32)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
+    p.add_argument(
+        "--lora",
+        action="store_true",
+        help="baselines: train LoRA adapters, merged when saving (default: all parameters)",
+    )
+    p.add_argument(
+        "--retain-weight",
+        type=float,
+        default=None,
+        help="weight of the retain term (default: 5.0 for uld, 1.0 for baselines)",
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: 1e-3 with LoRA, 1e-5 full-parameter)"
+    )
+    p.add_argument("--epochs", type=int, default=5, help="passes over the forget set (default 5)")
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="forget examples per micro-batch, with as many retain (default 8)"
+    )
+    p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step (default 2)")
+    p.add_argument("--max-length", type=int, default=512, help="max tokens per example (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed for LoRA init, dropout and data order (default 0)")
+    p.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="weights' dtype (default float32; CUDA adds bf16 autocast)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps before cosine decay (default 0)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm, 0 disables (default 1.0)")
+    p.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute activations in backward (less memory)"
+    )
+    p.add_argument(
+        "--save-every", type=int, default=0, help="checkpoint every N steps into OUTPUT.train/ (default: never)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUTPUT.train/")
+    p.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="ignore paraphrase / perturbed-answer columns"
+    )
+    p.add_argument(
+        "--weight", type=float, default=-0.8, help="uld: ULD weight w written into the bundle (default -0.8)"
+    )
+    p.add_argument(
+        "--filter", type=float, default=0.0, help="uld: relative-top filter r written into the bundle (default 0)"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config = TrainConfig(**vars(args))
+    try:
+        result = train(config)
+    except TrainError as e:
+        print(f"uld-train: error: {e}", file=sys.stderr)
+        return 2
+    terms = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if k not in ("step", "epoch", "elapsed_s"))
+    what = f"ULD bundle (K={result.layers})" if result.layers is not None else "HF checkpoint"
+    print(f"uld-train: wrote {what} to {result.output} after {result.steps} steps ({terms})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
