@@ -16,5 +16,8 @@ lint: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The tiny seeded demo bundle (random weights: it shows the pipeline, not unlearning) until the mini-TOFU bundle ships.
 demo: setup
-	$(VENV)/bin/uld-batch --input examples/prompts.parquet --output out/demo.parquet
+	$(VENV)/bin/uld-demo --dir out/demo
+	$(VENV)/bin/uld-batch --model out/demo/model/bundle --input examples/prompts.parquet --output out/demo/generations.parquet \
+		--max-tokens 24 --max-model-len 256 --show 6 --engine-arg enforce_eager=true

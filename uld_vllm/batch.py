@@ -88,13 +88,14 @@ class BatchSummary:
     bad: int  # rows that failed the input checks (skipped or recorded)
     prompt_tokens: int
     output_tokens: int
-    seconds: float
+    seconds: float  # the whole job: checks, engine start, generation, merge
+    generation_seconds: float = 0.0  # engine steps only: what tok/s is measured over
 
     def line(self) -> str:
-        rate = self.output_tokens / self.seconds if self.seconds > 0 else 0.0
+        rate = self.output_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
         return (
             f"uld-batch: {self.written}/{self.rows} rows written ({self.generated} generated now, {self.rows - self.generated - self.bad} resumed, "
-            f"{self.bad} bad), {self.output_tokens} output tokens in {self.seconds:.1f} s ({rate:.1f} tok/s)"
+            f"{self.bad} bad), {self.output_tokens} output tokens, {self.seconds:.1f} s in all, {rate:.1f} tok/s generating"
         )
 
 
@@ -495,16 +496,22 @@ def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     if config.ray:
         from uld_vllm.ray_batch import generate_with_ray
 
+        ray_started = time.monotonic()  # replicas start inside: their start-up counts as generation time here
         generated, prompt_tokens, output_tokens = generate_with_ray(config, plan, work, bundle)
+        generation_seconds = time.monotonic() - ray_started
     else:
-        generated, prompt_tokens, output_tokens = _generate_locally(config, plan, work, bundle, tokenizer)
+        generated, prompt_tokens, output_tokens, generation_seconds = _generate_locally(
+            config, plan, work, bundle, tokenizer
+        )
     written = work.merge_into(output)
     work.remove()
     bad = len(plan.bad)
     expected = plan.rows - (bad if config.on_bad_row == "skip" else 0)
     if written != expected:
         raise BatchError(f"internal error: wrote {written} rows, expected {expected}; parts kept for inspection")
-    return BatchSummary(plan.rows, written, generated, bad, prompt_tokens, output_tokens, time.monotonic() - started)
+    return BatchSummary(
+        plan.rows, written, generated, bad, prompt_tokens, output_tokens, time.monotonic() - started, generation_seconds
+    )
 
 
 def _generate_locally(
@@ -516,7 +523,7 @@ def _generate_locally(
 
     done = work.done_rows()
     if len(done) == plan.rows - (len(plan.bad) if config.on_bad_row == "skip" else 0):
-        return 0, 0, 0
+        return 0, 0, 0, 0.0
     llm = make_llm(bundle, config.weight, config.filter, check_weights=False, **engine_kwargs(config))
     generated = prompt_tokens = output_tokens = 0
     started = time.monotonic()
@@ -535,7 +542,7 @@ def _generate_locally(
                 bar.set_postfix(tok_s=f"{output_tokens / elapsed:.1f}", rows_s=f"{generated / elapsed:.2f}")
     finally:
         shutdown_llm(llm)
-    return generated, prompt_tokens, output_tokens
+    return generated, prompt_tokens, output_tokens, time.monotonic() - started
 
 
 def _sum_tokens(column: pa.ChunkedArray) -> int:
@@ -568,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", action="store_true", help="shard across Ray engine replicas")
     p.add_argument("--address", default=None, help="Ray cluster address")
     p.add_argument("--num-replicas", type=int, default=1)
+    p.add_argument("--show", type=int, default=0, metavar="N", help="print the first N output rows when done")
     return p
 
 
@@ -587,13 +595,21 @@ def _engine_args(pairs: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        options = {k: v for k, v in vars(args).items() if k != "engine_arg"}
+        options = {k: v for k, v in vars(args).items() if k not in ("engine_arg", "show")}
         summary = run(BatchConfig(**options, engine_kwargs=_engine_args(args.engine_arg)))
     except (BatchError, BundleError) as e:
         print(f"uld-batch: error: {e}", file=sys.stderr)
         return 2
+    if args.show > 0:
+        show_rows(Path(args.output), args.show)
     print(summary.line())
     return 0
+
+
+def show_rows(output: Path, count: int) -> None:
+    rows = pq.ParquetFile(output).iter_batches(batch_size=count, columns=["id", "prompt", "generated_text"])
+    for row in next(rows).to_pylist():
+        print(f"[{row['id']}] {row['prompt']!r}\n    -> {row['generated_text']!r}")
 
 
 if __name__ == "__main__":
