@@ -15,6 +15,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# In-process vLLM engine cores: exceptions reach the test directly and engines start faster. Must precede any vllm
+# import; tests that need a separate engine process (vllm serve) set it back for their subprocess.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import random  # noqa: E402
 from collections.abc import Callable  # noqa: E402

@@ -131,8 +131,13 @@ def build_target(
     tokenizer_dir: str | Path | None = None,
     head_std: float = 0.6,
     seed: int = 0,
+    vocab_size: int | None = None,
+    intermediate: int | None = None,
 ) -> Path:
     """A random causal LM with its tokenizer, saved as an HF checkpoint (safetensors, float32).
+
+    vocab_size defaults to the tokenizer's size; a larger one (benchmark shapes, e.g. 32000) leaves ids the tokenizer
+    cannot decode, so use it with token-id prompts and `skip_tokenizer_init`.
 
     Random LM heads give nearly flat next-token distributions, which make the relative-top filter keep every token
     and greedy ties likely; a head with std `head_std` gives entropies like a trained model's (a few nats).
@@ -141,9 +146,11 @@ def build_target(
 
     directory = Path(directory)
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else build_tokenizer(directory, seed=seed)
-    vocab_size = tokenizer_size(tokenizer_dir)
+    vocab_size = max(vocab_size or 0, tokenizer_size(tokenizer_dir))
     torch.manual_seed(seed)
     config = _config(family, vocab_size, layers, hidden, heads, kv_heads, tie_word_embeddings)
+    if intermediate is not None:
+        config.intermediate_size = intermediate
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -232,13 +239,20 @@ def build_test_bundle(
     tie_word_embeddings: bool = False,
     hidden: int = 128,
     seed: int = 0,
+    target_kwargs: dict | None = None,
 ) -> Path:
-    """target + assistant + bundle under root; returns the bundle directory."""
+    """target + assistant + bundle under root; returns the bundle directory (target_kwargs go to build_target)."""
     from uld_vllm.bundle import build_bundle
 
     root = Path(root)
     target = build_target(
-        root / "target", family=family, layers=layers, hidden=hidden, tie_word_embeddings=tie_word_embeddings, seed=seed
+        root / "target",
+        family=family,
+        layers=layers,
+        hidden=hidden,
+        tie_word_embeddings=tie_word_embeddings,
+        seed=seed,
+        **(target_kwargs or {}),
     )
     if assistant == "lora":
         assistant_dir = build_lora_assistant(target, root / "assistant", assistant_layers, seed=seed + 1)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SMALL_ENGINE, write_prompts
+from batch_inputs import SMALL_ENGINE, write_prompts
 
 from uld_vllm.batch import BatchConfig, main, run
 from uld_vllm.reference import ReferenceDecoder

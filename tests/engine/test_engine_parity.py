@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import engine, greedy, mixed_prompts, plain_engine
+from engines import engine, greedy, mixed_prompts, plain_engine
 
 from uld_vllm.reference import ReferenceDecoder
 
@@ -74,3 +74,22 @@ def test_weight_zero_reproduces_plain_vllm_on_the_target(bundle_factory):
     with plain_engine(bundle.parent / "target") as llm:
         plain = greedy(llm, prompts, MAX_TOKENS)
     assert uld == plain
+
+
+def _sharing(model) -> dict:
+    target, assistant = model.target, model.assistant
+    return {
+        "embeddings": assistant.model.embed_tokens is target.model.embed_tokens,
+        "norm": assistant.model.norm is target.model.norm,
+        "lm_head": assistant.lm_head is target.lm_head,
+        "assistant_layers": len(assistant.model.layers),
+        "target_layers": len(target.model.layers),
+    }
+
+
+def test_assistant_shares_embeddings_norm_and_head_and_adds_only_its_layers(case):
+    bundle, llm, reference = case
+    (sharing,) = llm.apply_model(_sharing)
+    assert sharing["embeddings"] and sharing["norm"] and sharing["lm_head"]
+    assert sharing["assistant_layers"] == reference.assistant.config.num_hidden_layers
+    assert sharing["target_layers"] == reference.target.config.num_hidden_layers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import engine, mixed_prompts
+from engines import engine, mixed_prompts
 from scipy.stats import chisquare
 
 from uld_vllm.combine import relative_top_mask

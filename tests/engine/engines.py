@@ -1,4 +1,4 @@
-"""Engine fixtures: real in-process vLLM engines on tiny bundles (CPU in CI), one per module to bound start-up cost."""
+"""Engine helpers: real in-process vLLM engines on tiny bundles (CPU in CI), started and stopped explicitly."""
 
 from __future__ import annotations
 
