@@ -90,7 +90,9 @@ def run_engine(model_dir: Path, batch_sizes: list[int], new_tokens: int, args, u
     try:
         time_vllm(llm, prompts(2, args.prompt_len, args.vocab, seed=99), 4)  # warm-up
         for size in tqdm(batch_sizes, desc="uld engine" if uld else "plain vLLM", unit="batch"):
-            rates[size] = time_vllm(llm, prompts(size, args.prompt_len, args.vocab, seed=size), new_tokens)
+            # Best of two: the first pass at a new batch shape pays one-off kernel selection and allocation.
+            batch = prompts(size, args.prompt_len, args.vocab, seed=size)
+            rates[size] = max(time_vllm(llm, batch, new_tokens) for _ in range(2))
     finally:
         shutdown_llm(llm)
         gc.collect()
@@ -143,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     reference = ReferenceDecoder.from_bundle(bundle, dtype=getattr(torch, args.dtype))
-    hf = {
-        s: time_reference(reference, prompts(s, args.prompt_len, args.vocab, seed=s), args.new_tokens)
-        for s in reference_sizes
-    }
+    hf = {}
+    for size in reference_sizes:
+        batch = prompts(size, args.prompt_len, args.vocab, seed=size)
+        hf[size] = max(time_reference(reference, batch, args.new_tokens) for _ in range(2))
 
     rows = []
     for size in batch_sizes:
