@@ -133,7 +133,6 @@ class InputPlan:
     has_ids: bool
     rows: int
     bad: dict[int, str]  # row -> why it cannot be generated
-    prompt_tokens: dict[int, list[int]] = field(repr=False, default_factory=dict)
 
 
 def _check_schema(files: list[Path], config: BatchConfig) -> tuple[pa.Schema, str, bool]:
@@ -533,10 +532,12 @@ def _generate_locally(
                 table = generate_table(llm, tokenizer, config, plan, first, batch, done)
                 if table is not None:
                     work.commit(table)
-                    fresh = table.filter(pc.is_valid(table.column("num_prompt_tokens")))
-                    generated += fresh.num_rows
-                    prompt_tokens += pc.sum(fresh.column("num_prompt_tokens")).as_py() or 0
-                    output_tokens += _sum_tokens(fresh.column("num_generated_tokens"))
+                    rows, prompt, out = part_stats(table)
+                    generated, prompt_tokens, output_tokens = (
+                        generated + rows,
+                        prompt_tokens + prompt,
+                        output_tokens + out,
+                    )
                 bar.update(sum(1 for r in range(first, first + batch.num_rows) if r not in done))
                 elapsed = max(time.monotonic() - started, 1e-9)
                 bar.set_postfix(tok_s=f"{output_tokens / elapsed:.1f}", rows_s=f"{generated / elapsed:.2f}")
@@ -545,10 +546,13 @@ def _generate_locally(
     return generated, prompt_tokens, output_tokens, time.monotonic() - started
 
 
-def _sum_tokens(column: pa.ChunkedArray) -> int:
-    if pa.types.is_list(column.type):
-        column = pc.list_flatten(column)
-    return pc.sum(column).as_py() or 0
+def part_stats(table: pa.Table) -> tuple[int, int, int]:
+    """(rows generated, prompt tokens, output tokens) of a part; recorded bad rows count for nothing."""
+    fresh = table.filter(pc.is_valid(table.column("num_prompt_tokens")))
+    output = fresh.column("num_generated_tokens")
+    if pa.types.is_list(output.type):
+        output = pc.list_flatten(output)
+    return fresh.num_rows, pc.sum(fresh.column("num_prompt_tokens")).as_py() or 0, pc.sum(output).as_py() or 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from uld_vllm.batch import BatchConfig, BatchError, InputPlan, WorkDir, _sum_tokens, engine_kwargs, generate_table
+from uld_vllm.batch import BatchConfig, BatchError, InputPlan, WorkDir, engine_kwargs, generate_table, part_stats
 
 # On CPU each replica gets this share of host memory for vLLM (KV cache included), divided among the replicas that may
 # share a node; an explicit kv_cache_memory_bytes or gpu_memory_utilization in --engine-arg wins.
@@ -185,9 +184,9 @@ def generate_with_ray(config: BatchConfig, plan: InputPlan, work: WorkDir, bundl
                     f"--num-replicas {config.num_replicas} needs {config.num_replicas} {kind}s (one per replica); "
                     f"the Ray cluster has {resources.get(kind, 0):g}"
                 )
-        # The replicas need neither the bad-row reasons (skips travel with each chunk; 'record' re-derives errors)
-        # nor the driver's token cache: keep the actor constructor small.
-        replica_plan = dataclasses.replace(plan, bad={}, prompt_tokens={})
+        # The replicas do not need the bad-row reasons (skips travel with each chunk; 'record' re-derives errors):
+        # keep the actor constructor small.
+        replica_plan = dataclasses.replace(plan, bad={})
         dataset = ray.data.from_items([dataclasses.asdict(c) for c in chunks], override_num_blocks=len(chunks))
         parts = dataset.map_batches(
             _Replica,
@@ -228,10 +227,8 @@ def _commit_parts(parts, work: WorkDir, plan: InputPlan, chunks: list[Chunk]) ->
             if item["part"]:
                 table = _from_ipc(item["part"])
                 work.commit(table)
-                fresh = table.filter(pc.is_valid(table.column("num_prompt_tokens")))
-                generated += fresh.num_rows
-                prompt_tokens += pc.sum(fresh.column("num_prompt_tokens")).as_py() or 0
-                output_tokens += _sum_tokens(fresh.column("num_generated_tokens"))
+                rows, prompt, out = part_stats(table)
+                generated, prompt_tokens, output_tokens = generated + rows, prompt_tokens + prompt, output_tokens + out
             bar.update(pending[first])
             elapsed = max(time.monotonic() - started, 1e-9)
             bar.set_postfix(tok_s=f"{output_tokens / elapsed:.1f}", rows_s=f"{generated / elapsed:.2f}")

@@ -18,7 +18,13 @@ CASES = {
     "mistral-full-K4-filter0-no-prefix-caching-preemption": (
         dict(family="mistral", assistant="full", filter=0.0, assistant_layers=4),
         # 20 blocks of 16 tokens for 64 requests of up to 56 tokens: the scheduler must preempt and recompute.
-        dict(enable_prefix_caching=False, block_size=16, num_gpu_blocks_override=20, kv_cache_memory_bytes=None),
+        dict(
+            enable_prefix_caching=False,
+            block_size=16,
+            num_gpu_blocks_override=20,
+            kv_cache_memory_bytes=None,
+            disable_log_stats=False,  # the preemption counter below
+        ),
     ),
     "qwen2-tied-lora-K1-filter0.01": (
         dict(family="qwen2", assistant="lora", filter=0.01, assistant_layers=1, tie_word_embeddings=True),
@@ -37,13 +43,16 @@ def case(request, bundle_factory):
         yield bundle, llm, ReferenceDecoder.from_bundle(bundle)
 
 
-def test_greedy_matches_reference_on_64_mixed_length_prompts(case):
+def test_greedy_matches_reference_on_64_mixed_length_prompts(case, request):
     bundle, llm, reference = case
     prompts = mixed_prompts(64, reference.target.config.vocab_size, seed=1)
     got = greedy(llm, prompts, MAX_TOKENS)
     want = reference.generate(prompts, MAX_TOKENS)
     mismatched = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
     assert not mismatched, f"{len(mismatched)}/64 prompts differ, first: {got[mismatched[0]]} vs {want[mismatched[0]]}"
+    if "preemption" in request.node.callspec.id:
+        preemptions = sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions")
+        assert preemptions > 0, "the small KV cache was meant to force preemption"
 
 
 def test_prompt_logprobs_are_scoring_mode_uld_logprobs(case):
