@@ -44,6 +44,16 @@ def model_costs(config, layers: int) -> dict[str, float]:
     }
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     return [[1] + [rng.randrange(4, vocab) for _ in range(length - 1)] for _ in range(count)]
@@ -150,26 +160,24 @@ def main(argv: list[str] | None = None) -> int:
         batch = prompts(size, args.prompt_len, args.vocab, seed=size)
         hf[size] = max(time_reference(reference, batch, args.new_tokens) for _ in range(2))
 
-    rows = []
-    for size in batch_sizes:
-        limit = costs["memory_bound_limit"] if size == 1 else costs["compute_bound_limit"]
-        ratio = uld[size] / plain[size]
-        rows.append(
-            {
-                "batch": size,
-                "plain_tok_s": plain[size],
-                "uld_tok_s": uld[size],
-                "hf_reference_tok_s": hf.get(size),
-                "uld_over_plain": ratio,
-                "limit": limit,
-                "fraction_of_limit": ratio / limit,
-                "uld_over_hf_reference": uld[size] / hf[size] if size in hf else None,
-            }
-        )
+    rows = [
+        {
+            "batch": size,
+            "plain_tok_s": plain[size],
+            "uld_tok_s": uld[size],
+            "hf_reference_tok_s": hf.get(size),
+            "uld_over_plain": uld[size] / plain[size],
+            # ULD / plain can at best reach the memory-bound limit (batch 1) and drops toward the compute-bound one as
+            # batches grow: measured against the upper bound, 100% means the engine adds nothing but the assistant.
+            "of_upper_bound": uld[size] / plain[size] / costs["memory_bound_limit"],
+            "uld_over_hf_reference": uld[size] / hf[size] if size in hf else None,
+        }
+        for size in batch_sizes
+    ]
     result = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in ["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "dtype": args.dtype},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "dtype": args.dtype},
         "shape": {
             k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
         },
@@ -193,21 +201,24 @@ def write_results(result: dict, name: str) -> None:
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. Prompt {result['prompt_len']} tokens, "
         f"{result['new_tokens']} new tokens per sequence, greedy.",
         "",
-        "| batch | plain vLLM tok/s | ULD tok/s | HF reference tok/s | ULD / plain | limit | of limit | ULD / HF ref |",
-        "|---|---|---|---|---|---|---|---|",
+        "| batch | plain vLLM tok/s | ULD tok/s | HF reference tok/s | ULD / plain | of upper bound | ULD / HF ref |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         hf = f"{r['hf_reference_tok_s']:.1f}" if r["hf_reference_tok_s"] else "-"
         vs_hf = f"{r['uld_over_hf_reference']:.2f}x" if r["uld_over_hf_reference"] else "-"
         lines.append(
             f"| {r['batch']} | {r['plain_tok_s']:.1f} | {r['uld_tok_s']:.1f} | {hf} | {r['uld_over_plain']:.2f} | "
-            f"{r['limit']:.2f} | {r['fraction_of_limit']:.0%} | {vs_hf} |"
+            f"{r['of_upper_bound']:.0%} | {vs_hf} |"
         )
     c = result["costs"]
     lines += [
         "",
-        f"Limits: memory-bound (batch 1) {c['memory_bound_limit']:.3f}, compute-bound {c['compute_bound_limit']:.3f} "
-        f"(one decoder layer {c['layer_params'] / 1e6:.2f}M weights, LM head {c['lm_head_params'] / 1e6:.2f}M).",
+        f"Physical limits of ULD / plain for this shape: {c['memory_bound_limit']:.3f} where decoding is bound by reading "
+        f"weights (batch 1: the K extra layers are the only extra bytes; the LM head is read once for both streams), "
+        f"{c['compute_bound_limit']:.3f} where it is bound by FLOPs (large batches: K extra layers plus a second LM-head "
+        f"GEMM). One decoder layer holds {c['layer_params'] / 1e6:.2f}M weights, the LM head {c['lm_head_params'] / 1e6:.2f}M. "
+        "Measured ratios between the two limits mean the engine costs nothing beyond the assistant's own work.",
     ]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     plot(result, RESULTS / f"{name}.png")
@@ -230,7 +241,9 @@ def plot(result: dict, path: Path) -> None:
     left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="output tokens/s", title="decode throughput")
     left.legend()
     right.plot(batches, [r["uld_over_plain"] for r in rows], "o-", label="ULD / plain (measured)")
-    right.plot(batches, [r["limit"] for r in rows], "k--", label="physical limit")
+    costs = result["costs"]
+    right.axhline(costs["memory_bound_limit"], color="k", linestyle="--", label="memory-bound limit")
+    right.axhline(costs["compute_bound_limit"], color="k", linestyle=":", label="compute-bound limit")
     right.set(xscale="log", ylim=(0, 1.05), xlabel="batch size", ylabel="ratio", title="ULD cost vs plain decoding")
     right.legend()
     fig.tight_layout()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,7 +18,14 @@ from vllm.config import VllmConfig
 from vllm.sequence import IntermediateTensors
 
 from uld_vllm.assistant import assistant_config
-from uld_vllm.bundle import BundleError, ULDSettings, assistant_layer_tensors, check_weight_filter, read_bundle
+from uld_vllm.bundle import (
+    ASSISTANT_DIR,
+    BundleError,
+    ULDSettings,
+    assistant_layer_tensors,
+    check_weight_filter,
+    read_bundle,
+)
 from uld_vllm.combine import Mode, combine
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
@@ -75,6 +83,10 @@ class ULDForCausalLM(nn.Module):
         self.target = family(vllm_config=vllm_config, prefix=_join(prefix, "target"))
         small = assistant_config(config, self.settings.assistant_layers)
         assistant_vllm_config = vllm_config.with_hf_config(small, list(config.architectures))
+        # vLLM keys its torch.compile (AOT) cache on VllmConfig.compute_hash(), which does not see hf_config: the two
+        # backbones (same class, same hash) would share one cache entry, and a later start could load one's compiled
+        # graph into the other. The assistant's own directory as its model path gives it its own key.
+        assistant_vllm_config.model_config.model = str(Path(vllm_config.model_config.model) / ASSISTANT_DIR)
         self.assistant = family(vllm_config=assistant_vllm_config, prefix=_join(prefix, "assistant"))
         # Shared with the target by construction (paper section 3): one copy in memory, loaded once.
         self.assistant.model.embed_tokens = self.target.model.embed_tokens
