@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
-from uld_vllm.assistant import layer_index, read_tensors
+from uld_vllm.assistant import safetensors_files
 from uld_vllm.bundle import Bundle, BundleError, assistant_layer_tensors, check_weight_filter, read_bundle
 
 
@@ -39,28 +40,33 @@ def default_engine_kwargs() -> dict[str, Any]:
 def preflight(
     bundle: str | Path, weight: float | None = None, filter: float | None = None, check_weights: bool = True
 ) -> Bundle:
-    """Every check that can fail before an engine starts: format, family, K, shapes, vocab, finite weights."""
+    """Every check that can fail before an engine starts: format, family, K, shapes, vocab, finite weights.
+
+    Target tensors are read one at a time (a 70B target never sits in memory twice); only the assistant's K layers
+    are held, as the engine will hold them.
+    """
     bundle = read_bundle(bundle)
     s = bundle.settings
     check_weight_filter(s.weight if weight is None else weight, s.filter if filter is None else filter)
     _check_tokenizer_fits(bundle)
     layers = assistant_layer_tensors(bundle)  # merges LoRA; refuses NaN and mis-shaped adapters
-    target = read_tensors(
-        bundle.path, lambda n: check_weights or (layer_index(n) is not None and layer_index(n) < s.assistant_layers)
-    )
-    for name, tensor in layers.items():
-        if name not in target:
-            raise BundleError(f"assistant weight {name} has no counterpart in the target (bundle/target mismatch)")
-        if tensor.shape != target[name].shape:
-            raise BundleError(
-                f"assistant weight {name} has shape {tuple(tensor.shape)}, the target's {tuple(target[name].shape)}"
-            )
     vocab = bundle.config["vocab_size"]
-    for name, tensor in target.items():
-        if check_weights and tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise BundleError(f"target weight {name} contains NaN or inf")
-        if ("embed_tokens" in name or "lm_head" in name) and tensor.shape[0] != vocab:
-            raise BundleError(f"vocab mismatch: config says {vocab} tokens, {name} has {tensor.shape[0]} rows")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in safetensors_files(bundle.path):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+                if ("embed_tokens" in name or "lm_head" in name) and shapes[name][0] != vocab:
+                    raise BundleError(f"vocab mismatch: config says {vocab} tokens, {name} has {shapes[name][0]} rows")
+                if check_weights:
+                    tensor = f.get_tensor(name)
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        raise BundleError(f"target weight {name} contains NaN or inf")
+    for name, tensor in layers.items():
+        if name not in shapes:
+            raise BundleError(f"assistant weight {name} has no counterpart in the target (bundle/target mismatch)")
+        if tuple(tensor.shape) != shapes[name]:
+            raise BundleError(f"assistant weight {name} has shape {tuple(tensor.shape)}, the target's {shapes[name]}")
     return bundle
 
 
