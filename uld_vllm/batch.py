@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -377,42 +377,35 @@ def generate_table(
         )
         outputs = dict(zip(todo, results, strict=True))
 
-    def per_sample(i: int, attribute: str):
+    def per_sample(i: int, value: Callable[[Any], Any]) -> Any:
+        """value of each completion of row i: a scalar for n = 1, a list for n > 1, None for an ungenerated row."""
         if i not in outputs:
             return None
-        values = [getattr(c, attribute) for c in outputs[i].outputs]
-        if attribute == "token_ids":
-            values = [list(v) for v in values]
+        values = [value(completion) for completion in outputs[i].outputs]
         return values[0] if config.n == 1 else values
 
+    indices = range(len(rows))
     columns: dict[str, Any] = {
         "id": batch.column(config.id_column) if plan.has_ids else pa.array(rows, type=pa.int64()),
         "prompt": pa.array(texts, type=pa.string()),
-        "generated_text": [per_sample(i, "text") for i in range(len(rows))],
-        "generated_token_ids": [per_sample(i, "token_ids") for i in range(len(rows))],
+        "generated_text": [per_sample(i, lambda c: c.text) for i in indices],
+        "generated_token_ids": [per_sample(i, lambda c: list(c.token_ids)) for i in indices],
         "num_prompt_tokens": pa.array([len(t) if t is not None else None for t in token_ids], type=pa.int32()),
-        "num_generated_tokens": [None if i not in outputs else _count(outputs[i], config.n) for i in range(len(rows))],
-        "finish_reason": [per_sample(i, "finish_reason") for i in range(len(rows))],
+        "num_generated_tokens": [per_sample(i, lambda c: len(c.token_ids)) for i in indices],
+        "finish_reason": [per_sample(i, lambda c: c.finish_reason) for i in indices],
     }
-    table = pa.table(
-        {
-            **{k: v for k, v in columns.items()},
-            **{
-                name: batch.column(name)
-                for name in batch.schema.names
-                if name not in (config.id_column, plan.prompt_column) or (plan.chat and name == "messages")
-            },
-        },
-        schema=None,
-    ).cast(_output_schema(batch.schema, config, plan))
+    columns |= {name: batch.column(name) for name in _passthrough(batch.schema.names, config, plan)}
+    table = pa.table(columns).cast(_output_schema(batch.schema, config, plan))
     if config.on_bad_row == "record":
         table = table.append_column("error", pa.array(errors, type=pa.string()))
     return table.append_column(ROW, pa.array(rows, type=pa.int64()))
 
 
-def _count(output, n: int) -> int | list[int]:
-    counts = [len(c.token_ids) for c in output.outputs]
-    return counts[0] if n == 1 else counts
+def _passthrough(names: list[str], config: BatchConfig, plan: InputPlan) -> list[str]:
+    """Input columns copied to the output: all but the id and the text prompt, which are output as id and prompt
+    (chat `messages` stay: the prompt column then holds their rendering)."""
+    dropped = {config.id_column} | (set() if plan.chat else {plan.prompt_column})
+    return [name for name in names if name not in dropped]
 
 
 def _output_schema(input_schema: pa.Schema, config: BatchConfig, plan: InputPlan) -> pa.Schema:
@@ -428,12 +421,7 @@ def _output_schema(input_schema: pa.Schema, config: BatchConfig, plan: InputPlan
         pa.field("num_generated_tokens", maybe_list(pa.int32())),
         pa.field("finish_reason", maybe_list(pa.string())),
     ]
-    passthrough = [
-        f
-        for f in input_schema
-        if f.name not in (config.id_column, plan.prompt_column) or (plan.chat and f.name == "messages")
-    ]
-    return pa.schema(fields + passthrough)
+    return pa.schema(fields + [input_schema.field(name) for name in _passthrough(input_schema.names, config, plan)])
 
 
 # -------------------------------------------------------------------------------------------------------------- run
