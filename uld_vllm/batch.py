@@ -453,13 +453,6 @@ def engine_kwargs(config: BatchConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"max_model_len": config.max_model_len, "seed": 0 if config.seed is None else config.seed}
     if config.dtype:
         kwargs["dtype"] = config.dtype
-    from uld_vllm.engine import has_cuda
-
-    if not has_cuda():
-        # vLLM's CPU runner crashes rewinding a seeded request's generator after a partial (chunked) prefill step
-        # ("CPU Generator does not use offset"): give every scheduled prompt room to prefill in one step.
-        kwargs["max_num_seqs"] = 64
-        kwargs["max_num_batched_tokens"] = 64 * config.max_model_len
     return kwargs | config.engine_kwargs
 
 

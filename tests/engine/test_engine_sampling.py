@@ -50,9 +50,8 @@ def chi_square_p(samples: np.ndarray, probs: torch.Tensor) -> float:
 def test_sampled_first_tokens_follow_the_uld_distribution(uld, params):
     llm, reference = uld
     prompt = mixed_prompts(1, reference.target.config.vocab_size, seed=5)[0]
-    samples = first_tokens(
-        llm, prompt, **params
-    )  # engine seed 0; per-request seeds hit a vLLM CPU bug with chunked prefill (see README)
+    # 3000 seeded children outgrow one prefill step: this also exercises the plugin's CPU seed rewind.
+    samples = first_tokens(llm, prompt, seed=7, **params)
     config = SamplingConfig(
         temperature=params["temperature"],
         top_k=params.get("top_k", 0),
