@@ -21,3 +21,7 @@ demo: setup
 	$(VENV)/bin/uld-demo --dir out/demo
 	$(VENV)/bin/uld-batch --model out/demo/model/bundle --input examples/prompts.parquet --output out/demo/generations.parquet \
 		--max-tokens 24 --max-model-len 256 --show 6 --engine-arg enforce_eager=true
+
+# ULD vs plain vLLM vs the HF reference, with the physical limits (about 7 minutes on 2 cores): bench/results/.
+bench: setup
+	$(PY) bench/throughput.py
