@@ -504,7 +504,7 @@ def _generate_locally(
     done = work.done_rows()
     if len(done) == plan.rows - (len(plan.bad) if config.on_bad_row == "skip" else 0):
         return 0, 0, 0, 0.0
-    llm = make_llm(bundle, config.weight, config.filter, check_weights=False, **engine_kwargs(config))
+    llm = make_llm(bundle, config.weight, config.filter, check=False, **engine_kwargs(config))
     generated = prompt_tokens = output_tokens = 0
     started = time.monotonic()
     try:

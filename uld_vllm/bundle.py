@@ -163,19 +163,6 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
             raise BundleError(f"{what} weight {name} contains NaN or inf")
 
 
-def hf_config(bundle: Bundle):
-    """The target's transformers config (the bundle's, with the ULD marks removed)."""
-    from transformers import AutoConfig
-
-    config = dict(bundle.config)
-    config.pop("uld")
-    config["architectures"] = [_TARGET_ARCHITECTURES[config["model_type"]]]
-    return AutoConfig.for_model(**config)
-
-
-_TARGET_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-
-
 # ----------------------------------------------------------------------------------------------------------- builder
 
 

@@ -86,20 +86,24 @@ def make_llm(
     bundle: str | Path,
     weight: float | None = None,
     filter: float | None = None,
-    check_weights: bool = True,
+    check: bool = True,
     **engine_kwargs: Any,
 ):
-    """A `vllm.LLM` serving ULD from `bundle`, with weight/filter overrides passed as hf_overrides."""
+    """A `vllm.LLM` serving ULD from `bundle`, with weight/filter overrides passed as hf_overrides.
+
+    check=False skips `preflight` for callers that already ran it (uld-batch checks once, before any replica starts).
+    """
     from vllm import LLM
 
-    checked = preflight(bundle, weight, filter, check_weights)
+    if check:
+        preflight(bundle, weight, filter)
     overrides = dict(engine_kwargs.pop("hf_overrides", None) or {})
     if weight is not None:
         overrides["uld_weight"] = float(weight)
     if filter is not None:
         overrides["uld_filter"] = float(filter)
     kwargs = default_engine_kwargs() | engine_kwargs
-    return LLM(model=str(checked.path), hf_overrides=overrides or None, **kwargs)
+    return LLM(model=str(bundle), hf_overrides=overrides or None, **kwargs)
 
 
 def shutdown_llm(llm) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def engine_settings(hf_config) -> ULDSettings:
     weight = settings.weight if weight is None else float(weight)
     filter = settings.filter if filter is None else float(filter)
     check_weight_filter(weight, filter)
-    return ULDSettings(settings.assistant_layers, weight, filter, settings.assistant_format, settings.version)
+    return dataclasses.replace(settings, weight=weight, filter=filter)
 
 
 class ULDForCausalLM(nn.Module):

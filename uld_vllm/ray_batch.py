@@ -96,7 +96,7 @@ class _Replica:
         self.plan = plan
         self.tokenizer = load_tokenizer(Path(bundle))
         kwargs = replica_engine_kwargs(config, config.num_replicas, has_cuda())
-        self.llm = make_llm(bundle, config.weight, config.filter, check_weights=False, **kwargs)
+        self.llm = make_llm(bundle, config.weight, config.filter, check=False, **kwargs)
         self._row_groups: dict[tuple[str, int], pa.Table] = {}  # the last few row groups read (chunks share them)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
