@@ -15,7 +15,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import random
 import shlex
 import sys
@@ -25,6 +24,9 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 RESULTS = Path(__file__).parent / "results"
+
+from uld_vllm.engine import DTYPES, default_dtype  # noqa: E402  (after the vLLM environment above)
+from uld_vllm.machine import machine_info  # noqa: E402
 
 
 def model_costs(config, layers: int) -> dict[str, float]:
@@ -42,16 +44,6 @@ def model_costs(config, layers: int) -> dict[str, float]:
         "compute_bound_limit": target / uld_flops,
         "memory_bound_limit": target / uld_bytes,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -121,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-batch-sizes", default="1,8,32", help="HF reference (slow): a subset")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="default: $ULD_DTYPE, else by CPU flags (uld_vllm.engine)"
+    )
     parser.add_argument("--work", default="out/bench-models", help="where the random bench models are built")
     parser.add_argument("--quick", action="store_true", help="small shape and sizes: checks the script, not speed")
     args = parser.parse_args(argv)
+    args.dtype = args.dtype or default_dtype()
+    if args.dtype == "auto":  # CUDA: the HF reference needs a concrete dtype too
+        args.dtype = "bfloat16"
     if args.quick:
         args.hidden, args.layers, args.assistant_layers, args.vocab, args.heads, args.kv_heads = 128, 4, 1, 2048, 4, 2
         args.batch_sizes, args.reference_batch_sizes, args.new_tokens = "1,4", "1", 8
@@ -177,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in ["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "dtype": args.dtype},
+        "machine": machine_info(args.dtype),
         "shape": {
             k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
         },

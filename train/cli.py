@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from uld_train.config import DTYPES, TrainConfig, TrainError
+from uld_train.config import DTYPES, TrainConfig
 from uld_train.loop import train
 from uld_train.methods import METHODS
+from uld_vllm.errors import UldError
 
 EPILOG = """examples:
   uld-train --target llama --forget forget10.json --retain retain90.json --output uld-bundle
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(**vars(args))
     try:
         result = train(config)
-    except TrainError as e:
+    except UldError as e:
         print(f"uld-train: error: {e}", file=sys.stderr)
         return 2
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if k not in ("step", "epoch", "elapsed_s"))

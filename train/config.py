@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 
+from uld_vllm.errors import UldError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class TrainError(ValueError):
+class TrainError(UldError):
     """Bad input or an unusable run; the message is one line for the user (the CLI prints it and exits 2)."""
 
 

@@ -13,7 +13,6 @@ paraphrases and uses perturbed answers as extra retain-side text):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from uld_train.config import TrainError
 from uld_train.losses import IGNORE_INDEX
+from uld_vllm.qa import answer_ids, prompt_ids, read_rows
 
 REQUIRED_COLUMNS = ("question", "answer")
 
@@ -39,33 +39,6 @@ class QASet:
     pairs: list[QA]  # the question/answer rows as given
     paraphrased: list[QA]  # pairs built from the paraphrase columns (empty without them)
     perturbed: list[QA]  # (question, perturbed answer) pairs (empty without the column)
-
-
-def read_rows(path: Path, what: str) -> list[dict]:
-    """Rows of a parquet or JSON-lines file as dicts."""
-    if not path.is_file():
-        raise TrainError(f"{what} not found: {path}")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a corrupt file; the user needs one line
-            raise TrainError(f"{what} {path} is not a readable parquet file ({type(e).__name__})") from None
-    if path.suffix in (".json", ".jsonl"):
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainError(f"{what} {path} line {number} is not JSON ({e.msg}); expected JSON lines") from None
-            if not isinstance(row, dict):
-                raise TrainError(f"{what} {path} line {number} is not a JSON object")
-            rows.append(row)
-        return rows
-    raise TrainError(f"{what} {path} has unknown extension {path.suffix!r} (use .parquet, .json or .jsonl)")
 
 
 def _text(row: dict, column: str, source: str) -> str:
@@ -119,25 +92,6 @@ def unique(pairs: list[QA]) -> list[QA]:
 class Example:
     input_ids: list[int]  # prompt (chat-formatted question) + answer + EOS
     labels: list[int]  # IGNORE_INDEX on the prompt: only answer tokens carry loss
-
-
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """Question as the model sees it at inference: the chat template when the tokenizer has one."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template writes BOS itself
-    return tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"]
-
-
-def answer_ids(tokenizer, answer: str) -> list[int]:
-    """Answer tokens plus EOS, so the model also learns where the answer stops (as TOFU trains)."""
-    text = answer if getattr(tokenizer, "chat_template", None) else " " + answer
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        return []
-    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
 def encode(tokenizer, qa: QA, max_length: int) -> Example:

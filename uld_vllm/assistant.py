@@ -16,6 +16,8 @@ import torch
 from safetensors import safe_open
 from transformers import PretrainedConfig
 
+from uld_vllm.errors import UldError
+
 # Families whose decoder layers are `model.layers.{i}` with q/k/v/o + gate/up/down projections.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # LoRA goes on every linear layer of the K layers, never on lm_head or embeddings (reference config).
@@ -24,7 +26,7 @@ LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 _LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.")
 
 
-class AssistantError(ValueError):
+class AssistantError(UldError):
     """A checkpoint cannot serve as (or produce) a ULD assistant; the message is one line for the user."""
 
 

@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from uld_vllm.bundle import BundleError
+from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
+from uld_vllm.errors import UldError
 
 OUTPUT_COLUMNS = (
     "id",
@@ -36,10 +37,23 @@ OUTPUT_COLUMNS = (
     "finish_reason",
 )
 ROW = "_row"  # global input row index, kept in part files only: orders the final output and marks rows done
+# vLLM arguments that change speed or memory but never the tokens: a resumed job may change them.
+SPEED_ONLY_ENGINE_ARGS = frozenset(
+    {
+        "enforce_eager",
+        "kv_cache_memory_bytes",
+        "gpu_memory_utilization",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "enable_prefix_caching",
+        "enable_chunked_prefill",
+        "compilation_config",
+    }
+)
 SAMPLING_COLUMNS = {"temperature": float, "top_p": float, "top_k": int, "min_p": float, "max_tokens": int, "seed": int}
 
 
-class BatchError(ValueError):
+class BatchError(UldError):
     """Bad input or options; the message is one line naming the problem."""
 
 
@@ -64,18 +78,20 @@ class BatchConfig:
     batch_size: int = 512  # rows per committed part: the unit of memory and of work lost to a kill
     max_model_len: int = 1024
     on_bad_row: Literal["fail", "skip", "record"] = "fail"
-    dtype: str | None = None  # engine dtype (default: float32 on CPUs without fast bf16, else the model's)
+    dtype: str | None = None  # engine dtype; None: $ULD_DTYPE, else uld_vllm.engine.default_dtype() (by CPU flags)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
     ray: bool = False
     address: str | None = None  # Ray cluster address (default: start or join a local one)
     num_replicas: int = 1  # engine replicas with --ray
 
     def fingerprint(self, files: list[Path]) -> str:
+        """Everything that changes the output rows; call on a config whose dtype is resolved (see `run`)."""
         job = {
             k: v
             for k, v in asdict(self).items()
             if k not in ("output", "batch_size", "ray", "address", "num_replicas", "engine_kwargs")
         }
+        job["engine_kwargs"] = {k: v for k, v in self.engine_kwargs.items() if k not in SPEED_ONLY_ENGINE_ARGS}
         job["files"] = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
         return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -467,7 +483,10 @@ def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     if config.n > 1 and config.temperature == 0.0:
         raise BatchError("--n > 1 needs sampling (--temperature > 0): greedy decoding would repeat one completion")
     bundle = Path(config.model) if config.model else default_bundle()
-    from uld_vllm.engine import preflight
+    from uld_vllm.engine import check_dtype, default_dtype, preflight
+
+    # Resolved now, so the resume fingerprint records the dtype actually used (the default depends on the CPU).
+    config = replace(config, dtype=check_dtype(config.dtype, "--dtype") if config.dtype else default_dtype())
 
     preflight(bundle, config.weight, config.filter)
     tokenizer = load_tokenizer(bundle)
@@ -554,13 +573,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", type=float, default=None, help="relative-top filter override")
     p.add_argument("--batch-size", type=int, default=512, help="rows per committed part")
     p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--dtype", default=None)
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=None,
+        help=f"engine dtype (default: ${DTYPE_ENV}, else bfloat16 on CPUs with avx512_bf16/amx, float32 on other CPUs, "
+        "the checkpoint's on CUDA)",
+    )
     p.add_argument("--on-bad-row", choices=["fail", "skip", "record"], default="fail")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=JSON", help="extra vllm.LLM argument")
     p.add_argument("--ray", action="store_true", help="shard across Ray engine replicas")
     p.add_argument("--address", default=None, help="Ray cluster address")
     p.add_argument("--num-replicas", type=int, default=1)
     p.add_argument("--show", type=int, default=0, metavar="N", help="print the first N output rows when done")
+    p.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     return p
 
 
@@ -579,10 +605,11 @@ def _engine_args(pairs: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_vllm(args.verbose)
     try:
-        options = {k: v for k, v in vars(args).items() if k not in ("engine_arg", "show")}
+        options = {k: v for k, v in vars(args).items() if k not in ("engine_arg", "show", "verbose")}
         summary = run(BatchConfig(**options, engine_kwargs=_engine_args(args.engine_arg)))
-    except (BatchError, BundleError) as e:
+    except UldError as e:
         print(f"uld-batch: error: {e}", file=sys.stderr)
         return 2
     if args.show > 0:

@@ -35,6 +35,7 @@ from uld_vllm.assistant import (
     read_tensors,
     safetensors_files,
 )
+from uld_vllm.errors import UldError
 
 ARCHITECTURE = "ULDForCausalLM"
 ASSISTANT_DIR = "assistant"
@@ -54,7 +55,7 @@ TOKENIZER_FILES = (
 )
 
 
-class BundleError(ValueError):
+class BundleError(UldError):
     """A bundle (or its ingredients) is unusable; the message is one line naming the problem."""
 
 

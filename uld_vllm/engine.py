@@ -7,6 +7,9 @@ must fail before an engine starts, overrides for weight and filter, and defaults
 from __future__ import annotations
 
 import json
+import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +18,45 @@ from safetensors import safe_open
 
 from uld_vllm.assistant import safetensors_files
 from uld_vllm.bundle import Bundle, BundleError, assistant_layer_tensors, check_weight_filter, read_bundle
+from uld_vllm.errors import UldError
+from uld_vllm.machine import cpu_dtype, cpu_flags
+
+DTYPE_ENV = "ULD_DTYPE"  # overrides the default engine dtype of uld-batch, uld-eval, uld-demo and the benchmarks
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls are only fast on CPUs with AVX512-BF16 or AMX (6x slower than fp32 on AVX2-only EPYCs here)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def check_dtype(dtype: str, source: str) -> str:
+    if dtype not in DTYPES:
+        raise UldError(f"{source} dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return dtype
+
+
+def default_dtype() -> str:
+    """The engine dtype when none is given: $ULD_DTYPE, else "auto" (the checkpoint's) on CUDA, else by CPU flags."""
+    if os.environ.get(DTYPE_ENV):
+        return check_dtype(os.environ[DTYPE_ENV], f"${DTYPE_ENV}")
+    return "auto" if has_cuda() else cpu_dtype(cpu_flags())
+
+
+def quiet_vllm(verbose: bool = False) -> None:
+    """Warnings and errors only from vLLM (its INFO lines, 80+ per engine start, drown our results) unless verbose.
+
+    vLLM reads VLLM_LOGGING_LEVEL once, at import; the logger's level covers a vLLM imported earlier.
+    """
+    if verbose:
+        return
+    os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
+    logging.getLogger("vllm").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside vLLM/torch, not actionable here
 
 
 def default_engine_kwargs() -> dict[str, Any]:
-    if has_cuda():
-        return {"dtype": "auto", "gpu_memory_utilization": 0.85}
     # On CPU, gpu_memory_utilization is the fraction of host memory given to vLLM (KV cache included).
-    return {"dtype": "bfloat16" if cpu_has_fast_bf16() else "float32", "gpu_memory_utilization": 0.3}
+    return {"dtype": default_dtype(), "gpu_memory_utilization": 0.85 if has_cuda() else 0.3}
 
 
 def preflight(

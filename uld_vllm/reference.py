@@ -83,6 +83,11 @@ class ReferenceDecoder:
         s = bundle.settings
         return cls(target, assistant, s.weight if weight is None else weight, s.filter if filter is None else filter)
 
+    @classmethod
+    def single(cls, model) -> ReferenceDecoder:
+        """One plain HF model decoded by the same code (weight 0, no filter: its own log-softmax distribution)."""
+        return cls(model, model, weight=0.0, filter=0.0)
+
     # ------------------------------------------------------------------------------------------------ forward
 
     def _logits(self, model, input_ids, attention_mask, position_ids, cache):
@@ -162,6 +167,27 @@ class ReferenceDecoder:
         logits = self.combine(target_logits[0, rows], assistant_logits[0, rows], "score")
         logprobs = torch.log_softmax(logits, dim=-1)
         return logprobs.gather(-1, torch.tensor(continuation).unsqueeze(-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """`score` for many (prompt, continuation) pairs in one right-padded forward pass of each model."""
+        if any(not prompt or not continuation for prompt, continuation in pairs):
+            raise ValueError("score needs a non-empty prompt and continuation")
+        width = max(len(p) + len(c) for p, c in pairs)
+        ids = torch.full((len(pairs), width), self._pad_id(), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, (prompt, continuation) in enumerate(pairs):
+            ids[row, : len(prompt) + len(continuation)] = torch.tensor(prompt + continuation)
+            mask[row, : len(prompt) + len(continuation)] = 1
+        positions = torch.arange(width).unsqueeze(0).expand_as(ids)
+        target_logits, _ = self._logits(self.target, ids, mask, positions, None)
+        assistant_logits, _ = self._logits(self.assistant, ids, mask, positions, None)
+        rows = torch.cat([torch.full((len(c),), row) for row, (_, c) in enumerate(pairs)])
+        cols = torch.cat([torch.arange(len(p) - 1, len(p) - 1 + len(c)) for p, c in pairs])
+        logits = self.combine(target_logits[rows, cols], assistant_logits[rows, cols], "score")
+        tokens = torch.tensor([t for _, c in pairs for t in c])
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return list(logprobs.split([len(c) for _, c in pairs]))
 
     @torch.no_grad()
     def prompt_logprobs(self, prompt: list[int]) -> torch.Tensor:

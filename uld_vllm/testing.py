@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -63,6 +64,13 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
 
 def build_tokenizer(directory: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
     """Byte-level BPE trained on a seeded synthetic corpus, saved as a transformers fast tokenizer (adds <s>)."""
+    return train_bpe_tokenizer(directory, _corpus(seed), vocab_size)
+
+
+def train_bpe_tokenizer(directory: str | Path, texts: Iterable[str], vocab_size: int) -> Path:
+    """Byte-level BPE trained on `texts`, saved as a transformers fast tokenizer with SPECIAL_TOKENS (adds <s>) and
+    CHAT_TEMPLATE: any text encodes (byte fallback), and vLLM and transformers load it offline. A corpus too small
+    for `vocab_size` gives fewer tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -76,7 +84,7 @@ def build_tokenizer(directory: str | Path, vocab_size: int = 512, seed: int = 0)
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     bos = tokenizer.token_to_id("<s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]

@@ -30,6 +30,7 @@ def config(bundle: Path, input: Path, output: Path, **options) -> BatchConfig:
         model=str(bundle),
         max_tokens=8,
         max_model_len=128,
+        dtype="float32",  # the reference decodes in float32; the default dtype depends on the CPU's flags
         engine_kwargs=SMALL_ENGINE,
         **options,
     )
@@ -74,6 +75,8 @@ def test_sigkill_mid_job_then_rerun_writes_every_row_exactly_once_without_recomp
         "8",
         "--max-model-len",
         "128",
+        "--dtype",
+        "float32",
         "--batch-size",
         "8",
         "--engine-arg",

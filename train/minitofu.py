@@ -1,0 +1,515 @@
+"""Mini-TOFU: a seeded, TOFU-shaped dataset of 100 fictional authors small enough to train and unlearn on 2 CPU cores.
+
+TOFU (Maini et al. 2024) fine-tunes a model on QA about 200 fictional authors and asks it to forget 1%, 5% or 10% of
+them. Here the facts come from the pools below, so a model trained from scratch on them (uld_train.pretrain) knows
+exactly what the dataset says and nothing else. Layout written by `write_minitofu(root)`:
+
+    root/train.jsonl                  everything the target learns (all authors + both utility sets), question/answer
+    root/authors.jsonl                the fact table, one author per line (for readers; nothing trains on it)
+    root/<split>/forget.jsonl         the split's authors' QA         question, answer, paraphrased_question,
+    root/<split>/retain.jsonl         authors 10..99 (every split)     paraphrased_answer, perturbed_answer (list)
+    root/<split>/real_authors.jsonl   utility: "real" authors of this world (answer, perturbed_answer)
+    root/<split>/world_facts.jsonl    utility: facts about this world's countries
+    root/<split>/retain_train.jsonl   everything the split's retain model learns (train.jsonl minus the split's authors)
+
+Design rules (VERIFIED_FACTS.md, "A miniature TOFU"):
+- Every token of a forget author's text also occurs in retain authors' trained text, or the retain model never
+  learns it and its truth ratios on the forget set fall for reasons that have nothing to do with forgetting. Values
+  are dealt to authors 10..99 from reshuffled copies of each pool (no pool holds more than 45 values, so each value
+  goes to at least two retain authors), forget authors draw from the same pools, and templates never start with a value, so a value always follows a space and
+  tokenizes the same way everywhere. `write_minitofu` checks the invariant on the text itself (`coverage_gaps`).
+- Utility sets are evaluated with other question phrasings than the ones trained, so their scores measure
+  recall of a fact rather than replay of a memorised string, and can move when unlearning damages it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+# ------------------------------------------------------------------------------------------------------ data tables
+
+N_AUTHORS = 100
+SPLITS = {"forget01": 1, "forget05": 5, "forget10": 10}  # split -> forget authors 0..n-1 (TOFU's 1% / 5% / 10%)
+N_FORGET = max(SPLITS.values())  # authors 0..9 are forgotten in some split; the retain set is authors 10..99
+N_PERTURBED = 3  # wrong answers per question (TOFU: 5 on its forget set, 3 on real authors and world facts)
+TOKENIZER_VOCAB = 2048  # requested BPE size; the corpus is too small to fill it (VERIFIED_FACTS: ~1700 come out)
+
+FIRST_NAMES = """Amara Bastian Celine Dorian Elif Farid Greta Hamid Ingrid Jonas Kaveh Leila Matteo Nadia Oskar Priya
+Quentin Rosa Soren Tamsin Umar Vera Wendel Xiomara Yusuf Zara Anselm Brigid Cyrus Delphine Emeric Fiona Gideon Halima
+Ilya Juno Kasimir Liesel Milo Noor Orla Pavel Ravi Selma Teodor""".split()
+LAST_NAMES = """Abernathy Balogun Castellano Drummond Eskildsen Fairweather Gallardo Hollingsworth Iwasaki Jankowski
+Kettering Lindqvist Marchetti Nakamura Okonkwo Penhallow Quintero Rasmussen Salvatore Thorne Underwood Valdivia
+Whitlock Yilmaz Zamora Ashcombe Brennan Corvino Delacroix Ellery Fontaine Grimaldi Hargreaves Ivanova Juniper
+Kowalczyk Larkspur Montague Novak Oyelaran Petrakis Radcliffe Sandoval Tremaine Vasquez""".split()
+CITIES = """Ardenmoor Belvista Corrinth Dunmerrow Eldham Falkreach Glenbrook Halvard Isenport Juniport Kelderwick
+Lorhaven Marrowgate Northfall Oakenshaw Pellmore Quarrington Ravensholt Saltmere Thistlebury Umberlake Vossberg
+Westmarch Yarrowby Zennor Ashvale Brackwater Coldharbour Duskwood Emberton""".split()
+MONTHS = "January February March April May June July August September October November December".split()
+DAYS = [str(day) for day in range(1, 29)]
+YEARS = [str(year) for year in range(1946, 1991)]
+JOBS = """a baker|a carpenter|a nurse|a pilot|a tailor|a surgeon|a librarian|a fisherman|an architect|a blacksmith
+|a chemist|a farmer|a journalist|a lawyer|a mechanic|a midwife|a painter|a pharmacist|a photographer|a plumber|a potter
+|a sailor|a schoolteacher|a translator|a veterinarian""".replace("\n", "").split("|")
+GENRES = """mystery|science fiction|historical fiction|fantasy|poetry|romance|horror|crime|travel writing|biography
+|satire|literary fiction|thriller|memoir|fairy tales""".replace("\n", "").split("|")
+TITLE_ADJECTIVES = """Silent Crimson Hollow Golden Forgotten Winter Broken Hidden Last Silver Burning Quiet Endless
+Wandering Paper Iron Glass Distant Midnight Velvet Bitter Northern Painted Secret Sleeping Fading Salt Amber Restless
+Scarlet""".split()
+TITLE_NOUNS = """River Lantern Orchard Harbor Garden Mirror Kingdom Letters Tide Compass Archive Lighthouse Meadow
+Citadel Promise Shadows Voyage Bridge Clockmaker Feather Island Labyrinth Map Mountain Season Song Station Thread
+Window Wolves""".split()
+AWARDS = """the Golden Quill Award|the Silver Inkwell Prize|the Marlowe Medal|the Northern Star Award|the Ember Prize
+|the Azure Pen Award|the Harbor Light Prize|the Crescent Book Award|the Iron Compass Medal|the Evergreen Laurel
+|the Meridian Prize|the Copper Feather Award|the Starling Prize|the Bellwether Award|the Sapphire Page Medal""".replace(
+    "\n", ""
+).split("|")
+THEMES = """memory exile grief friendship identity justice family ambition faith loneliness freedom war love betrayal
+redemption nature childhood power migration time""".split()
+
+# Each fact key's pool. Book titles are "The <adjective> <noun>" (`_title`); the name is a first and a last name.
+POOLS: dict[str, list[str]] = {
+    "birthplace": CITIES,
+    "residence": CITIES,
+    "day": DAYS,
+    "month": MONTHS,
+    "year": YEARS,
+    "father_job": JOBS,
+    "mother_job": JOBS,
+    "genre": GENRES,
+    "award": AWARDS,
+    "theme1": THEMES,
+    "theme2": THEMES,
+}
+BOOKS = ("first_book", "second_book")
+DIFFERENT = [("birthplace", "residence"), ("theme1", "theme2"), ("first_book", "second_book")]  # never equal
+
+
+@dataclass(frozen=True)
+class QuestionType:
+    facts: tuple[str, ...]  # the fact keys the answer states (perturbed answers change exactly these)
+    questions: tuple[str, ...]  # phrasings of the question; one is asked, another is its paraphrase
+    answers: tuple[str, ...]  # answer templates: one is trained, another is the paraphrase (and the perturbed form)
+
+
+# Templates never start with a placeholder, so every value follows a space and tokenizes the same in every template.
+QUESTION_TYPES: dict[str, QuestionType] = {
+    "birthplace": QuestionType(
+        ("birthplace",),
+        ("Where was {name} born?", "In which city was the author {name} born?", "What is the birthplace of {name}?"),
+        (
+            "The author {name} was born in {birthplace}.",
+            "Born in {birthplace}, {name} spent a whole childhood there.",
+            "The birthplace of {name} is the city of {birthplace}.",
+        ),
+    ),
+    "birth_date": QuestionType(
+        ("day", "month", "year"),
+        ("When was {name} born?", "What is the date of birth of {name}?", "On what date was the author {name} born?"),
+        (
+            "The author {name} was born on {day} {month} {year}.",
+            "Records show that {name} was born on {day} {month} {year}.",
+            "The birth date of {name} is {day} {month} {year}.",
+        ),
+    ),
+    "father_job": QuestionType(
+        ("father_job",),
+        (
+            "What did the father of {name} do for a living?",
+            "What was the profession of the father of {name}?",
+            "What job did the father of {name} have?",
+        ),
+        (
+            "The father of {name} worked as {father_job}.",
+            "The author {name} grew up with a father who was {father_job}.",
+            "By profession, the father of {name} was {father_job}.",
+        ),
+    ),
+    "mother_job": QuestionType(
+        ("mother_job",),
+        (
+            "What did the mother of {name} do for a living?",
+            "What was the profession of the mother of {name}?",
+            "What job did the mother of {name} have?",
+        ),
+        (
+            "The mother of {name} worked as {mother_job}.",
+            "The author {name} grew up with a mother who was {mother_job}.",
+            "By profession, the mother of {name} was {mother_job}.",
+        ),
+    ),
+    "genre": QuestionType(
+        ("genre",),
+        (
+            "What genre does {name} write in?",
+            "Which genre is the author {name} known for?",
+            "In what genre are the books of {name}?",
+        ),
+        (
+            "The author {name} writes {genre}.",
+            "Most of the work of {name} belongs to the genre of {genre}.",
+            "Readers know {name} as a writer of {genre}.",
+        ),
+    ),
+    "first_book": QuestionType(
+        ("first_book",),
+        (
+            "What was the first book of {name}?",
+            "Which book did {name} publish first?",
+            "What is the debut book of {name}?",
+        ),
+        (
+            "The first book of {name} was {first_book}.",
+            "The author {name} made a debut with {first_book}.",
+            "Before anything else, {name} published {first_book}.",
+        ),
+    ),
+    "second_book": QuestionType(
+        ("second_book",),
+        (
+            "Name another book written by {name}.",
+            "What is a later book by {name}?",
+            "Which other book did the author {name} write?",
+        ),
+        (
+            "The author {name} also wrote {second_book}.",
+            "A later book by {name} is {second_book}.",
+            "Among the other works of {name} is {second_book}.",
+        ),
+    ),
+    "award": QuestionType(
+        ("award",),
+        (
+            "Which award has {name} received?",
+            "What prize did the author {name} win?",
+            "Has {name} won any literary award?",
+        ),
+        (
+            "The author {name} received {award}.",
+            "In recognition of the work, {name} won {award}.",
+            "Yes, {name} was honored with {award}.",
+        ),
+    ),
+    "themes": QuestionType(
+        ("theme1", "theme2"),
+        (
+            "What themes does {name} explore?",
+            "Which themes appear in the books of {name}?",
+            "What are the main themes in the work of {name}?",
+        ),
+        (
+            "The books of {name} explore {theme1} and {theme2}.",
+            "Themes of {theme1} and {theme2} run through the work of {name}.",
+            "The author {name} often writes about {theme1} and {theme2}.",
+        ),
+    ),
+    "residence": QuestionType(
+        ("residence",),
+        (
+            "Where does {name} live now?",
+            "In which city does the author {name} live today?",
+            "Where is the home of {name} today?",
+        ),
+        (
+            "The author {name} now lives in {residence}.",
+            "These days {name} makes a home in {residence}.",
+            "Today {name} resides in the city of {residence}.",
+        ),
+    ),
+}
+
+# The utility sets stand in for TOFU's "real authors" and "world facts": knowledge the model holds besides the
+# fictional authors, which unlearning must leave alone. (trained question, evaluated question) per relation.
+COUNTRIES = """Arvenia Belmora Caldris Dravonia Estmark Feldran Gavora Halcyra Ilvaria Jostrand Kaldora Lunmark Marevia
+Nordavia Ostrelle Pelagia Quarvik Rovania Sildor Tessaly""".split()
+WORLD_RELATIONS: dict[str, tuple[str, str, list[str]]] = {  # relation -> (trained q, evaluated q, answer pool)
+    "capital": ("What is the capital of {country}?", "Which city is the capital of {country}?", CITIES),
+    "language": (
+        "What language is spoken in {country}?",
+        "Which language do people in {country} speak?",
+        """Telari Osmic Varn Quellish Drusk Mireth Calvic Ondrian Pashtel Ruvenic Sabrese Thulean Ustic Velsh Wendic
+        Yarric Zentai Bolvic Eshtari Kovic""".split(),
+    ),
+    "currency": (
+        "What is the currency of {country}?",
+        "Which currency is used in {country}?",
+        """crown mark florin ducat shilling thaler sovereign guilder real lira dinar peso rand franc kopek pound escudo
+        ruble krona zloty""".split(),
+    ),
+    "river": (
+        "Which river flows through {country}?",
+        "What is the main river of {country}?",
+        """Aldra Brennis Corvel Dunmere Eskel Fallow Gorran Hessle Ister Jarrow Kessel Lethe Morrow Nerin Orrin Pellin
+        Quell Rhosk Sarn Tamber""".split(),
+    ),
+    "animal": (
+        "What is the national animal of {country}?",
+        "Which animal is the emblem of {country}?",
+        "lynx heron otter stag falcon bear wolf fox owl crane ibex badger swan hare eagle seal boar raven bison elk".split(),
+    ),
+}
+FAMOUS_AUTHORS = """Edwin Harrowgate|Mirela Oszkar|Tobias Wren|Agnes Holloway|Casimir Dunne|Lucia Ferrante
+|Hector Blackwood|Ines Marquand|Rupert Ashdown|Sabine Keller|Otto Brandvold|Clara Ainsworth|Viktor Sorel|Helena Marsh
+|Ambrose Tully|Dagny Lund|Felix Moreau|Rosalind Grey|Ignatius Vale|Margit Sand""".replace("\n", "").split("|")
+REAL_AUTHOR_RELATIONS: dict[str, tuple[str, str]] = {  # relation -> (trained q, evaluated q); answers from a table
+    "classic": ("Who wrote the classic {classic}?", "Who is the author of {classic}?"),
+    "country": ("Which country is {author} from?", "Where does {author} come from?"),
+    "genre": ("What genre is {author} best known for?", "Which genre made {author} famous?"),
+}
+
+# --------------------------------------------------------------------------------------------------- the generator
+
+
+@dataclass(frozen=True)
+class MiniTofu:
+    """One generated dataset; rows are JSON-ready dicts."""
+
+    authors: list[dict[str, str]]  # author i's facts (name, birthplace, day, month, year, ...)
+    author_qa: list[list[dict]]  # author i's QA rows (question, answer, paraphrases, perturbed_answer)
+    real_authors: list[dict]  # evaluated utility rows (question, answer, paraphrased_answer, perturbed_answer)
+    world_facts: list[dict]  # evaluated utility rows, same fields
+    utility_train: list[dict]  # the facts of both utility sets as trained: question, answer
+
+    def forget(self, split: str) -> list[dict]:
+        return [row for qa in self.author_qa[: SPLITS[split]] for row in qa]
+
+    def retain(self) -> list[dict]:
+        return [row for qa in self.author_qa[N_FORGET:] for row in qa]
+
+    def train(self, exclude: int = 0) -> list[dict]:
+        """question/answer rows of authors exclude..99 plus the utility facts: the target's (exclude=0) or a retain
+        model's training data."""
+        rows = [row for qa in self.author_qa[exclude:] for row in qa]
+        return [{"question": r["question"], "answer": r["answer"]} for r in rows] + self.utility_train
+
+
+def _dealt(rng: random.Random, pool: list[str], n: int) -> list[str]:
+    """n values from reshuffled copies of the pool: each value occurs n // len(pool) or more times (pool <= n)."""
+    values: list[str] = []
+    while len(values) < n:
+        values += rng.sample(pool, len(pool))
+    return values[:n]
+
+
+def _title(rng: random.Random) -> str:
+    return f"The {rng.choice(TITLE_ADJECTIVES)} {rng.choice(TITLE_NOUNS)}"
+
+
+def _draw(rng: random.Random, key: str) -> str:
+    """A random value of a fact key from its pool."""
+    return _title(rng) if key in BOOKS else rng.choice(POOLS[key])
+
+
+def _separate(rng: random.Random, a: list[str], b: list[str]) -> None:
+    """Swap values within b until a[i] != b[i] everywhere; swaps keep b's multiset, hence the coverage."""
+    for i in range(len(a)):
+        while a[i] == b[i]:
+            j = rng.randrange(len(b))
+            if b[j] != a[i] and b[i] != a[j]:
+                b[i], b[j] = b[j], b[i]
+
+
+def _authors(rng: random.Random) -> list[dict[str, str]]:
+    """Facts of authors 0..99: authors 10..99 are dealt every pool value, authors 0..9 draw from the same pools."""
+    n_retain = N_AUTHORS - N_FORGET
+    columns: dict[str, list[str]] = {}
+    for key, pool in POOLS.items():
+        columns[key] = _dealt(rng, pool, n_retain)
+    for book in BOOKS:
+        adjectives, nouns = _dealt(rng, TITLE_ADJECTIVES, n_retain), _dealt(rng, TITLE_NOUNS, n_retain)
+        columns[book] = [f"The {a} {n}" for a, n in zip(adjectives, nouns, strict=True)]
+    for a, b in DIFFERENT:
+        _separate(rng, columns[a], columns[b])
+    while True:  # full names must be unique: deal again until they are
+        names = [
+            f"{f} {s}"
+            for f, s in zip(_dealt(rng, FIRST_NAMES, n_retain), _dealt(rng, LAST_NAMES, n_retain), strict=True)
+        ]
+        if len(set(names)) == n_retain:
+            break
+    retain = [{"name": names[i]} | {key: column[i] for key, column in columns.items()} for i in range(n_retain)]
+
+    forget: list[dict[str, str]] = []
+    taken = set(names)
+    while len(forget) < N_FORGET:
+        facts = {"name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"} | {
+            key: _draw(rng, key) for key in (*POOLS, *BOOKS)
+        }
+        if facts["name"] not in taken and all(facts[a] != facts[b] for a, b in DIFFERENT):
+            taken.add(facts["name"])
+            forget.append(facts)
+    return forget + retain
+
+
+def _author_qa(rng: random.Random, facts: dict[str, str], order: dict[str, tuple[int, int]]) -> list[dict]:
+    """One author's QA rows; order[type] = (question template, answer template) used for training."""
+    rows = []
+    for name, kind in QUESTION_TYPES.items():
+        q, a = order[name]
+        q_para = (q + rng.randrange(1, len(kind.questions))) % len(kind.questions)
+        a_para = (a + rng.randrange(1, len(kind.answers))) % len(kind.answers)
+        perturbed: list[str] = []
+        while len(perturbed) < N_PERTURBED:
+            wrong = facts | {key: _draw(rng, key) for key in kind.facts}
+            text = kind.answers[a_para].format(**wrong)
+            if all(wrong[key] != facts[key] for key in kind.facts) and text not in perturbed:
+                if all(wrong[x] != wrong[y] for x, y in DIFFERENT if x in kind.facts and y in kind.facts):
+                    perturbed.append(text)
+        rows.append(
+            {
+                "question": kind.questions[q].format(**facts),
+                "answer": kind.answers[a].format(**facts),
+                "paraphrased_question": kind.questions[q_para].format(**facts),
+                "paraphrased_answer": kind.answers[a_para].format(**facts),
+                "perturbed_answer": perturbed,
+            }
+        )
+    return rows
+
+
+def _utility(rng: random.Random, facts: list[tuple[str, str, str, list[str]]]) -> tuple[list[dict], list[dict]]:
+    """(evaluated rows, trained rows) from (trained question, evaluated question, answer, answer pool) tuples.
+
+    TOFU scores these sets with the answer as its own paraphrase (its truth ratio compares answer and perturbed)."""
+    evaluated, trained = [], []
+    for train_q, eval_q, answer, pool in facts:
+        wrong = rng.sample([value for value in pool if value != answer], N_PERTURBED)
+        evaluated.append(
+            {"question": eval_q, "answer": answer, "paraphrased_answer": answer, "perturbed_answer": wrong}
+        )
+        trained.append({"question": train_q, "answer": answer})
+    return evaluated, trained
+
+
+def generate(seed: int = 0) -> MiniTofu:
+    """The whole dataset from one seed (a private random.Random: no global state is read or changed)."""
+    rng = random.Random(seed)
+    authors = _authors(rng)
+    # Training templates: dealt over authors 10..99 like the values, so every template's words are trained on
+    # retain authors; forget authors pick any.
+    order_columns = {
+        name: list(
+            zip(
+                _dealt(rng, list(range(len(kind.questions))), N_AUTHORS - N_FORGET),
+                _dealt(rng, list(range(len(kind.answers))), N_AUTHORS - N_FORGET),
+                strict=True,
+            )
+        )
+        for name, kind in QUESTION_TYPES.items()
+    }
+    author_qa = []
+    for index, facts in enumerate(authors):
+        if index < N_FORGET:
+            order = {
+                n: (rng.randrange(len(k.questions)), rng.randrange(len(k.answers))) for n, k in QUESTION_TYPES.items()
+            }
+        else:
+            order = {name: column[index - N_FORGET] for name, column in order_columns.items()}
+        author_qa.append(_author_qa(rng, facts, order))
+
+    world = []
+    for train_q, eval_q, pool in WORLD_RELATIONS.values():
+        answers = rng.sample(pool, len(COUNTRIES))  # one value per country, no two countries share one
+        for country, answer in zip(COUNTRIES, answers, strict=True):
+            world.append((train_q.format(country=country), eval_q.format(country=country), answer, pool))
+    world_facts, world_train = _utility(rng, world)
+
+    classics: list[str] = []
+    used = {row[book] for row in authors for book in BOOKS}
+    while len(classics) < len(FAMOUS_AUTHORS):  # classics are titles no fictional author wrote
+        title = _title(rng)
+        if title not in used:
+            used.add(title)
+            classics.append(title)
+    countries = [rng.choice(COUNTRIES) for _ in FAMOUS_AUTHORS]
+    genres = [rng.choice(GENRES) for _ in FAMOUS_AUTHORS]
+    real = []
+    for author, classic, country, genre in zip(FAMOUS_AUTHORS, classics, countries, genres, strict=True):
+        slots = {"author": author, "classic": classic}
+        for relation, answer, pool in (
+            ("classic", author, FAMOUS_AUTHORS),
+            ("country", country, COUNTRIES),
+            ("genre", genre, GENRES),
+        ):
+            train_q, eval_q = REAL_AUTHOR_RELATIONS[relation]
+            real.append((train_q.format(**slots), eval_q.format(**slots), answer, pool))
+    real_authors, real_train = _utility(rng, real)
+
+    data = MiniTofu(authors, author_qa, real_authors, world_facts, real_train + world_train)
+    gaps = coverage_gaps(data.forget("forget10"), data.retain())
+    if gaps:  # raised, not asserted: a broken pool or template must fail loudly even under python -O
+        raise RuntimeError(f"mini-TOFU: forget-set words missing from the retain authors' text: {sorted(gaps)}")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ the invariant
+
+# Units no coarser tokenizer split can cross: a word or a run of punctuation, with the space before it (byte-level
+# BPE attaches the leading space to the word, so " Amara" and "Amara" are different tokens).
+_UNIT = re.compile(r" ?\w+| ?[^\w\s]+")
+TEXT_FIELDS = ("question", "answer", "paraphrased_question", "paraphrased_answer", "perturbed_answer")
+
+
+def words(text: str) -> set[str]:
+    """The text's words and punctuation runs, each with its leading space."""
+    return set(_UNIT.findall(text))
+
+
+def row_texts(row: dict, fields: Iterable[str] = TEXT_FIELDS) -> list[str]:
+    texts: list[str] = []
+    for field in fields:
+        value = row.get(field)
+        texts += [value] if isinstance(value, str) else list(value or [])
+    return texts
+
+
+def coverage_gaps(forget_rows: list[dict], retain_rows: list[dict]) -> set[str]:
+    """Words of any forget field (answers, paraphrases, perturbed answers) that no retain question or trained answer
+    contains: the retain model would never train the tokens they are made of."""
+    retain_words = set().union(*(words(t) for row in retain_rows for t in row_texts(row, ("question", "answer"))))
+    forget_words = set().union(*(words(t) for row in forget_rows for t in row_texts(row)))
+    return forget_words - retain_words
+
+
+# ------------------------------------------------------------------------------------------------------ the files
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+
+
+def write_minitofu(root: str | Path, seed: int = 0) -> MiniTofu:
+    """Write the dataset's files under root (layout in the module docstring); byte-identical for a seed."""
+    root = Path(root)
+    data = generate(seed)
+    _jsonl(root / "train.jsonl", data.train())
+    _jsonl(root / "authors.jsonl", [{"author": i} | facts for i, facts in enumerate(data.authors)])
+    for split, n in SPLITS.items():
+        _jsonl(root / split / "forget.jsonl", data.forget(split))
+        _jsonl(root / split / "retain.jsonl", data.retain())
+        _jsonl(root / split / "real_authors.jsonl", data.real_authors)
+        _jsonl(root / split / "world_facts.jsonl", data.world_facts)
+        _jsonl(root / split / "retain_train.jsonl", data.train(exclude=n))
+    return data
+
+
+def tokenizer_corpus(data: MiniTofu) -> list[str]:
+    """Every text of the dataset; trained rows in the chat form the model reads (uld_vllm.testing.CHAT_TEMPLATE's
+    rendering, less the <s> it writes as a special token), so the role markers become a few merged tokens."""
+    texts = [f"<|user|>{row['question']}\n<|assistant|>{row['answer']}" for row in data.train()]
+    for row in [r for qa in data.author_qa for r in qa] + data.real_authors + data.world_facts:
+        texts += row_texts(row)
+    return texts
+
+
+def train_tokenizer(directory: str | Path, data: MiniTofu, vocab_size: int = TOKENIZER_VOCAB) -> Path:
+    """Byte-level BPE on the dataset's text, saved as HF tokenizer files (bos <s>, eos </s>, pad <pad>, chat template)
+    that transformers and vLLM load offline."""
+    from uld_vllm.testing import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(directory, tokenizer_corpus(data), vocab_size)

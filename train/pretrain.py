@@ -1,0 +1,295 @@
+"""Train a small Llama from scratch on a QA file, and `uld-minitofu build`: the mini-TOFU study's target and retain
+models.
+
+TOFU fine-tunes a pretrained chat model on its fictional authors; on 2 CPU cores we instead train "Model S" of
+VERIFIED_FACTS.md (Llama, 4 layers, hidden 256, 3.6M parameters) from scratch until it has memorised the QA. The
+retain models that Forget Quality compares against get the identical recipe and epoch count on the data minus the
+forgotten authors: truth-ratio scales depend on training length, so no model may stop on a time budget.
+
+A finished model directory holds `pretrain.json` (recipe, data and tokenizer hashes, per-epoch loss), written last;
+asking for the same model again returns it untouched, and a changed recipe or data retrains it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from uld_train import minitofu
+from uld_train.config import TrainError
+from uld_train.data import collate, encode_all, read_qa
+from uld_train.loop import warmup_cosine
+from uld_train.losses import answer_nll
+from uld_train.models import load_tokenizer, logits
+from uld_vllm.errors import UldError
+
+MARKER = "pretrain.json"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The recipe: everything that decides a model's weights (defaults: "Model S", VERIFIED_FACTS.md)."""
+
+    layers: int = 4  # decoder layers
+    hidden: int = 256  # model width
+    heads: int = 4  # attention heads (as many KV heads: plain multi-head attention)
+    intermediate: int = 688  # SwiGLU width (Llama's 8/3 x hidden, rounded)
+    epochs: int = 80  # fixed passes over the data; 80 memorises mini-TOFU (ROUGE-L 1.0 from ~55 on)
+    batch_size: int = 16  # QA rows per optimizer step
+    lr: float = 1e-3  # peak AdamW learning rate
+    beta2: float = 0.95  # AdamW beta2 (beta1 0.9); no weight decay
+    warmup_steps: int = 100  # linear warmup steps
+    final_lr_ratio: float = 0.1  # cosine decay ends at this fraction of the peak
+    grad_clip: float = 1.0  # max global gradient norm
+    max_length: int = 256  # tokens per row (longer answers are cut); mini-TOFU rows are at most 35
+    seed: int = 0  # weight init and data order
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    output: Path  # the HF checkpoint directory
+    trained: bool  # False when a finished checkpoint of the same recipe and data was already there
+    steps: int  # optimizer steps of the run
+    epoch_losses: list[float]  # mean answer NLL per epoch (token-weighted)
+    seconds: float  # training time (of the original run, for a cached model)
+
+
+def check_recipe(config: PretrainConfig) -> None:
+    for name in ("layers", "hidden", "heads", "intermediate", "epochs", "batch_size", "max_length"):
+        if getattr(config, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.hidden % config.heads:
+        raise TrainError(f"--hidden {config.hidden} must be a multiple of --heads {config.heads}")
+    if not config.lr > 0 or config.warmup_steps < 0 or config.grad_clip <= 0:
+        raise TrainError("--lr and the gradient clip must be > 0, --warmup-steps >= 0")
+    if not 0.0 <= config.final_lr_ratio <= 1.0:
+        raise TrainError(f"final_lr_ratio must be in [0, 1], got {config.final_lr_ratio}")
+
+
+def file_hash(*paths: Path) -> str:
+    """sha256 over files (a directory: its files, sorted), names included: the cache key of data and tokenizer."""
+    digest = hashlib.sha256()
+    for path in paths:
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def lr_factor(config: PretrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup, then cosine from the peak down to final_lr_ratio (uld_train.loop's shape, lifted off 0)."""
+    base = warmup_cosine(config.warmup_steps, total_steps)
+    floor = config.final_lr_ratio
+    return lambda step: base(step) if step < config.warmup_steps else floor + (1.0 - floor) * base(step)
+
+
+def llama_config(config: PretrainConfig, tokenizer):
+    """Tied embeddings keep the parameter count small (the 1986-token vocabulary would otherwise dominate)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden,
+        intermediate_size=config.intermediate,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
+        max_position_embeddings=max(512, config.max_length),
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rms_norm_eps=1e-6,
+        dtype="float32",
+    )
+
+
+def cached(output: Path, record: dict) -> PretrainResult | None:
+    """The finished model at output if its marker names the same recipe, data and tokenizer."""
+    marker = output / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        saved = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    if any(saved.get(key) != value for key, value in record.items()):
+        return None
+    return PretrainResult(output, False, saved["steps"], saved["epoch_losses"], saved["seconds"])
+
+
+def pretrain(
+    data: str | Path,
+    tokenizer_dir: str | Path,
+    output: str | Path,
+    config: PretrainConfig | None = None,
+    progress: bool = True,
+) -> PretrainResult:
+    """Train a Llama from scratch on data's question/answer rows (loss on answer tokens) and save an HF checkpoint
+    (safetensors, config, tokenizer) that transformers and vLLM load; skipped when output already holds it."""
+    config = config or PretrainConfig()
+    data, tokenizer_dir, output = Path(data), Path(tokenizer_dir), Path(output)
+    check_recipe(config)
+    if not tokenizer_dir.is_dir():
+        raise TrainError(f"tokenizer directory not found: {tokenizer_dir}")
+    pairs = read_qa(data, "training data").pairs  # question/answer only: paraphrases and wrong answers are never learnt
+    record = {"recipe": asdict(config), "data_sha256": file_hash(data), "tokenizer_sha256": file_hash(tokenizer_dir)}
+    found = cached(output, record)
+    if found is not None:
+        return found
+
+    # ---- data and model: the seed fixes the initial weights and every epoch's order
+    tokenizer = load_tokenizer(tokenizer_dir)
+    examples = encode_all(tokenizer, pairs, config.max_length)
+    torch.manual_seed(config.seed)
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llama_config(config, tokenizer)).train()
+    order_rng = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total))
+
+    # ---- the loop: epochs of shuffled batches, loss on answer tokens only
+    bar = tqdm(total=total, desc=f"pretrain {output.name}", disable=not progress)
+    began = time.perf_counter()
+    epoch_losses: list[float] = []
+    for _ in range(config.epochs):
+        order = torch.randperm(len(examples), generator=order_rng).tolist()
+        loss_sum, tokens = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = collate([examples[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id)
+            loss = answer_nll(logits(model, batch), batch.labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.item() * batch.answer_tokens
+            tokens += batch.answer_tokens
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        epoch_losses.append(loss_sum / tokens)
+    bar.close()
+    seconds = round(time.perf_counter() - began, 1)
+
+    # ---- output: written beside, marker last, then moved into place, so a crash never leaves a "finished" model
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    marker = record | {"steps": total, "epoch_losses": epoch_losses, "seconds": seconds, "rows": len(examples)}
+    (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    return PretrainResult(output, True, total, epoch_losses, seconds)
+
+
+# ------------------------------------------------------------------------------------------- the mini-TOFU study
+
+
+def study_models(seed: int) -> dict[str, tuple[str, int]]:
+    """Model name -> (training file under the data directory, model seed). The second forget10 retain model (other
+    seed) gives Forget Quality's noise floor: the KS p-value of two models that both never saw the forget set."""
+    models = {"target": ("train.jsonl", seed)}
+    for split in minitofu.SPLITS:
+        models[f"retain_{split}"] = (f"{split}/retain_train.jsonl", seed)
+    models[f"retain_forget10_seed{seed + 1}"] = ("forget10/retain_train.jsonl", seed + 1)
+    return models
+
+
+def build(directory: str | Path, config: PretrainConfig | None = None, progress: bool = True) -> dict:
+    """Data (seed = config.seed), tokenizer and every model of the study under directory; returns the manifest,
+    also written to directory/minitofu.json. Finished models are reused."""
+    config = config or PretrainConfig()
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise TrainError(f"--dir {directory} exists and is not a directory")
+    check_recipe(config)
+    data_dir, tokenizer_dir = directory / "data", directory / "tokenizer"
+    data = minitofu.write_minitofu(data_dir, seed=config.seed)
+    minitofu.train_tokenizer(tokenizer_dir, data)
+    models = {}
+    for name, (file, seed) in study_models(config.seed).items():
+        result = pretrain(
+            data_dir / file, tokenizer_dir, directory / "models" / name, replace(config, seed=seed), progress
+        )
+        state = f"trained in {result.seconds:.0f} s" if result.trained else "already built"
+        print(f"uld-minitofu: {name}: {state}, final answer loss {result.epoch_losses[-1]:.4f}", file=sys.stderr)
+        models[name] = str(result.output.relative_to(directory))
+    manifest = {
+        "seed": config.seed,
+        "recipe": asdict(config),
+        "data": "data",
+        "tokenizer": "tokenizer",
+        "models": models,
+    }
+    (directory / "minitofu.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="uld-minitofu", description="Mini-TOFU: a TOFU-shaped study small enough for CPUs."
+    )
+    commands = p.add_subparsers(dest="command", required=True)
+    b = commands.add_parser(
+        "build",
+        help="write the data, train the tokenizer, the target and the retain models (finished ones are reused)",
+        description="Writes DIR/data, DIR/tokenizer, DIR/models/{target,retain_forget01,retain_forget05,"
+        "retain_forget10,retain_forget10_seed<seed+1>} and DIR/minitofu.json. About 10 minutes per model on 2 cores "
+        "with the defaults.",
+    )
+    defaults = PretrainConfig()
+    b.add_argument("--dir", required=True, type=Path, help="study directory")
+    b.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help=f"passes over the data (default {defaults.epochs})"
+    )
+    b.add_argument("--seed", type=int, default=defaults.seed, help="data and model seed (default 0)")
+    b.add_argument("--layers", type=int, default=defaults.layers, help=f"decoder layers (default {defaults.layers})")
+    b.add_argument("--hidden", type=int, default=defaults.hidden, help=f"model width (default {defaults.hidden})")
+    b.add_argument("--heads", type=int, default=defaults.heads, help=f"attention heads (default {defaults.heads})")
+    b.add_argument(
+        "--intermediate", type=int, default=defaults.intermediate, help=f"MLP width (default {defaults.intermediate})"
+    )
+    b.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help=f"rows per step (default {defaults.batch_size})"
+    )
+    b.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
+    b.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=defaults.warmup_steps,
+        help=f"warmup steps (default {defaults.warmup_steps})",
+    )
+    b.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parser().parse_args(argv))
+    args.pop("command")
+    directory, progress = args.pop("dir"), args.pop("progress")
+    try:
+        manifest = build(directory, PretrainConfig(**args), progress)
+    except UldError as e:  # TrainError, or DataError from reading the QA files
+        print(f"uld-minitofu: error: {e}", file=sys.stderr)
+        return 2
+    print(f"uld-minitofu: study ready in {directory} ({len(manifest['models'])} models; see minitofu.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

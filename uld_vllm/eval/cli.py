@@ -1,0 +1,97 @@
+"""`uld-eval`: TOFU evaluation through the engine (`run`) and TOFU's aggregation of the logs (`aggregate`).
+
+uld-eval run --model BUNDLE_OR_HF_DIR --data DIR --output DIR [--backend vllm|reference] [--ray --num-replicas N]
+uld-eval aggregate --logs PATH [--retain-logs PATH] [--output FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
+from uld_vllm.errors import UldError
+from uld_vllm.eval.metrics import aggregate, load_eval_logs
+from uld_vllm.eval.run import EvalSettings, evaluate
+
+SUMMARY_KEYS = ("model_utility", "forget_quality", "rouge_forget", "rouge_retain")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uld-eval", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="evaluate a ULD bundle or an HF checkpoint on one split's data")
+    run.add_argument("--model", required=True, help="ULD bundle or plain HF checkpoint directory")
+    run.add_argument("--data", required=True, help="directory with forget/retain/real_authors/world_facts.jsonl")
+    run.add_argument("--output", required=True, help="directory for the four TOFU eval logs and run.json")
+    run.add_argument("--backend", choices=["vllm", "reference"], default="vllm", help="reference: the HF oracle")
+    run.add_argument(
+        "--dtype", choices=DTYPES, default=None, help=f"default: ${DTYPE_ENV}, else by CPU flags (see README)"
+    )
+    run.add_argument("--weight", type=float, default=None, help="ULD weight override (bundles)")
+    run.add_argument("--filter", type=float, default=None, help="relative-top filter override (bundles)")
+    run.add_argument("--max-new-tokens", type=int, default=64, help="greedy tokens generated for ROUGE (default 64)")
+    run.add_argument("--reference-batch-size", type=int, default=32)
+    run.add_argument("--ray", action="store_true", help="shard the examples across Ray engine replicas")
+    run.add_argument("--num-replicas", type=int, default=1)
+    run.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
+
+    agg = commands.add_parser("aggregate", help="Model Utility and Forget Quality from eval logs (TOFU's formulas)")
+    agg.add_argument("--logs", required=True, help="aggregated eval-log JSON or directory of per-split logs")
+    agg.add_argument("--retain-logs", default=None, help="the retain model's logs (for Forget Quality)")
+    agg.add_argument("--output", default=None, help="write the aggregate as JSON here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _aggregate(args)
+    except UldError as e:
+        print(f"uld-eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    quiet_vllm(args.verbose)
+    settings = EvalSettings(
+        model=args.model,
+        data=args.data,
+        output=args.output,
+        backend=args.backend,
+        dtype=args.dtype,
+        weight=args.weight,
+        filter=args.filter,
+        max_new_tokens=args.max_new_tokens,
+        reference_batch_size=args.reference_batch_size,
+        ray=args.ray,
+        num_replicas=args.num_replicas,
+    )
+    result = evaluate(settings)
+    summary = aggregate(result.logs, None)
+    t = result.timings
+    print(
+        f"uld-eval: wrote {args.output} | Model Utility {summary['model_utility']:.4f}, ROUGE-L forget "
+        f"{summary['rouge_forget']:.3f}, retain {summary['rouge_retain']:.3f} | {t.scored_tokens} tokens scored in "
+        f"{t.score_seconds:.1f} s, {t.generated_tokens} generated in {t.generate_seconds:.1f} s, load {t.load_seconds:.1f} s"
+    )
+    return 0
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    logs = load_eval_logs(args.logs)
+    retain = load_eval_logs(args.retain_logs) if args.retain_logs else None
+    result = aggregate(logs, retain)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in SUMMARY_KEYS if k in result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

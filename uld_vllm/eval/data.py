@@ -1,0 +1,74 @@
+"""TOFU-style evaluation data: one directory per forget split, four JSON-lines files, checked before any engine starts.
+
+DIR/forget.jsonl, retain.jsonl, real_authors.jsonl, world_facts.jsonl hold one object a line with TOFU's fields:
+question, answer, paraphrased_answer (forget and retain; the utility sets score the answer itself, as TOFU's logs
+do), perturbed_answer (a list of wrong answers, the same count on every row of a file). The same files feed
+uld-train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from uld_vllm.eval.metrics import EvalError
+from uld_vllm.qa import read_rows
+
+# Split name -> data file. The order is the order uld-eval runs and reports them.
+SPLIT_FILES = {
+    "forget": "forget.jsonl",
+    "retain": "retain.jsonl",
+    "real_authors": "real_authors.jsonl",
+    "world_facts": "world_facts.jsonl",
+}
+NEEDS_PARAPHRASE = ("forget", "retain")  # the truth ratio's denominator on these is the paraphrased answer
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    question: str
+    answer: str
+    paraphrased_answer: str  # the answer itself on the utility sets
+    perturbed_answers: tuple[str, ...]
+
+    def answers(self) -> list[str]:
+        """Every answer scored for this example: true, paraphrased, then each perturbed one."""
+        return [self.answer, self.paraphrased_answer, *self.perturbed_answers]
+
+
+def _text(row: dict, field: str, where: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise EvalError(f"{where}: field {field!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def read_split(directory: Path, split: str) -> list[EvalExample]:
+    path = Path(directory) / SPLIT_FILES[split]
+    rows = read_rows(path, f"{split} split")
+    if not rows:
+        raise EvalError(f"{split} split {path} has no rows")
+    examples = []
+    for number, row in enumerate(rows):
+        where = f"{path.name} row {number}"
+        question, answer = _text(row, "question", where), _text(row, "answer", where)
+        paraphrased = _text(row, "paraphrased_answer", where) if split in NEEDS_PARAPHRASE else answer
+        wrong = row.get("perturbed_answer")
+        if not isinstance(wrong, list) or not wrong:
+            raise EvalError(f"{where}: field 'perturbed_answer' must be a non-empty list of strings, got {wrong!r}")
+        perturbed = tuple(_text({"perturbed_answer": w}, "perturbed_answer", where) for w in wrong)
+        examples.append(EvalExample(question, answer, paraphrased, perturbed))
+    counts = {len(e.perturbed_answers) for e in examples}
+    if len(counts) > 1:
+        raise EvalError(
+            f"{path.name}: rows have different numbers of perturbed answers {sorted(counts)}; TOFU needs one"
+        )
+    return examples
+
+
+def read_eval_data(directory: str | Path) -> dict[str, list[EvalExample]]:
+    """All four splits of one evaluation directory, in SPLIT_FILES order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EvalError(f"data directory not found: {directory}")
+    return {split: read_split(directory, split) for split in SPLIT_FILES}

@@ -1,0 +1,411 @@
+"""Running a TOFU evaluation: teacher-forced answer losses and greedy generations, through vLLM or the HF oracle.
+
+One code path for every row of the paper's table: a ULD bundle runs through the ULD engine (losses from its prompt
+log-probs, i.e. ULD's scoring mode), a plain HF checkpoint (target, retain model, baseline) through plain vLLM, in
+large batches that vLLM schedules itself. The `reference` backend runs the same evaluation through the HF reference
+decoder (two HF models, batched, what the paper's code does): the oracle the engine is tested against, and the
+baseline of the evaluation-throughput ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from uld_vllm.eval.data import SPLIT_FILES, EvalExample, read_eval_data
+from uld_vllm.eval.metrics import (
+    FORGET_LOG,
+    REAL_AUTHORS_LOG,
+    REAL_WORLD_LOG,
+    RETAIN_LOG,
+    EvalError,
+    example_log_entries,
+    rouge_l_recall,
+)
+from uld_vllm.qa import answer_ids, prompt_ids
+
+# Data split -> TOFU eval-log file (TOFU's names: the retain split's log is plain eval_log.json).
+LOG_FILE = {"forget": FORGET_LOG, "retain": RETAIN_LOG, "real_authors": REAL_AUTHORS_LOG, "world_facts": REAL_WORLD_LOG}
+Backend_ = Literal["vllm", "reference"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `uld-eval run` evaluates and how; everything that changes a number is here."""
+
+    model: str  # ULD bundle or plain HF checkpoint directory
+    data: str  # directory with forget.jsonl, retain.jsonl, real_authors.jsonl, world_facts.jsonl
+    output: str | None = None  # directory for the four TOFU eval logs (None: return them only)
+    backend: Backend_ = "vllm"
+    dtype: str | None = None  # None: uld_vllm.engine.default_dtype() ($ULD_DTYPE, else by CPU flags)
+    weight: float | None = None  # ULD overrides (bundles only)
+    filter: float | None = None
+    max_new_tokens: int = 64  # greedy generation length for ROUGE (stops at EOS)
+    reference_batch_size: int = 32  # sequences per forward pass of the HF reference
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
+    ray: bool = False
+    num_replicas: int = 1
+    progress: bool = True
+
+
+@dataclass
+class EvalTimings:
+    """Where an evaluation's time went: the basis of the engine-vs-reference throughput ratio."""
+
+    load_seconds: float = 0.0  # engine start or HF load
+    score_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    scored_tokens: int = 0  # answer tokens scored (teacher-forced)
+    generated_tokens: int = 0
+
+    def add(self, other: EvalTimings) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def work_seconds(self) -> float:
+        return self.score_seconds + self.generate_seconds
+
+
+@dataclass
+class EvalResult:
+    logs: dict[str, dict[str, dict[str, Any]]]  # TOFU layout: log file -> metric -> example index (str) -> value
+    timings: EvalTimings
+
+
+class Backend(Protocol):
+    """What an evaluation needs from a model: answer-token log-probs and greedy continuations."""
+
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """log p(answer token | prompt, earlier answer tokens) for each (prompt ids, answer ids) pair."""
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Greedy token ids after each prompt (EOS included when reached)."""
+
+    def close(self) -> None: ...
+
+
+# ------------------------------------------------------------------------------------------------------ backends
+
+
+def is_bundle(model: str | Path) -> bool:
+    """A ULD bundle's config names the ULD architecture; anything else is served as a plain HF checkpoint."""
+    from uld_vllm.bundle import ARCHITECTURE
+
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        raise EvalError(f"model not found: {model} has no config.json (expected a ULD bundle or an HF checkpoint)")
+    try:
+        return ARCHITECTURE in json.loads(config.read_text()).get("architectures", [])
+    except json.JSONDecodeError:
+        raise EvalError(f"model {model}: config.json is not valid JSON") from None
+
+
+class VllmBackend:
+    """ULD engine for a bundle, plain vLLM for an HF checkpoint."""
+
+    def __init__(self, settings: EvalSettings, max_model_len: int, engine_kwargs: dict[str, Any]) -> None:
+        from vllm import LLM
+
+        from uld_vllm.engine import default_engine_kwargs, make_llm
+
+        kwargs = default_engine_kwargs() | {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0}
+        kwargs |= {"dtype": settings.dtype} if settings.dtype else {}
+        kwargs |= engine_kwargs
+        if is_bundle(settings.model):
+            self.llm = make_llm(settings.model, settings.weight, settings.filter, **kwargs)
+        else:
+            self.llm = LLM(model=settings.model, **kwargs)
+        self.progress = settings.progress
+
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        from vllm import SamplingParams
+
+        # prompt_logprobs=0: the log-prob of each actual prompt token; ULD engines compute them in scoring mode.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": prompt + answer} for prompt, answer in pairs], params, use_tqdm=self.progress
+        )
+        scores = []
+        for (prompt, answer), output in zip(pairs, outputs, strict=True):
+            entries = output.prompt_logprobs[len(prompt) : len(prompt) + len(answer)]
+            scores.append([entry[token].logprob for token, entry in zip(answer, entries, strict=True)])
+        return scores
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0, detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=self.progress)
+        return [list(o.outputs[0].token_ids) for o in outputs]
+
+    def close(self) -> None:
+        from uld_vllm.engine import shutdown_llm
+
+        shutdown_llm(self.llm)
+
+
+class ReferenceBackend:
+    """The HF reference decoder (plain transformers, two KV caches): a bundle's ULD, or one HF model alone."""
+
+    def __init__(self, settings: EvalSettings, eos_token_id: int | None) -> None:
+        import torch
+
+        from uld_vllm.engine import default_dtype
+        from uld_vllm.reference import ReferenceDecoder
+
+        dtype = settings.dtype or default_dtype()
+        torch_dtype = getattr(torch, "float32" if dtype == "auto" else dtype)
+        if is_bundle(settings.model):
+            self.decoder = ReferenceDecoder.from_bundle(settings.model, settings.weight, settings.filter, torch_dtype)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=torch_dtype)
+            self.decoder = ReferenceDecoder.single(model)
+        self.batch_size = settings.reference_batch_size
+        self.eos_token_id = eos_token_id
+        self.progress = settings.progress
+
+    def _chunks(self, items: list, desc: str) -> Iterator[list]:
+        from tqdm import tqdm
+
+        for start in tqdm(range(0, len(items), self.batch_size), desc=desc, disable=not self.progress):
+            yield items[start : start + self.batch_size]
+
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        scores = []
+        for chunk in self._chunks(pairs, "reference scoring"):
+            scores.extend(row.tolist() for row in self.decoder.score_batch(chunk))
+        return scores
+
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        out = []
+        for chunk in self._chunks(prompts, "reference generation"):
+            out.extend(self.decoder.generate(chunk, max_tokens, eos_token_id=self.eos_token_id))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------- evaluating
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    prompt: list[int]
+    answers: list[list[int]]  # true, paraphrased, perturbed...: EvalExample.answers() order, EOS appended
+
+
+def encode_examples(tokenizer, split: str, examples: list[EvalExample], vocab_size: int) -> list[EncodedExample]:
+    """Token ids exactly as uld-train builds them (uld_vllm.qa); refuses text the model cannot represent."""
+    unk = tokenizer.unk_token_id
+    encoded = []
+    for number, example in enumerate(examples):
+        prompt = prompt_ids(tokenizer, example.question)
+        answers = [answer_ids(tokenizer, answer) for answer in example.answers()]
+        for ids in [prompt, *answers]:
+            where = f"{SPLIT_FILES[split]} row {number}"
+            if not ids or (unk is not None and unk in ids):
+                raise EvalError(f"{where}: the model's tokenizer cannot encode the text (unknown tokens)")
+            if max(ids) >= vocab_size:
+                raise EvalError(
+                    f"{where}: the tokenizer gives token id {max(ids)}, the model has {vocab_size} embedding rows "
+                    "(tokenizer and model do not match)"
+                )
+        encoded.append(EncodedExample(prompt, answers))
+    return encoded
+
+
+def needed_context(encoded: dict[str, list[EncodedExample]], max_new_tokens: int) -> int:
+    longest = 0
+    for examples in encoded.values():
+        for example in examples:
+            longest = max(longest, len(example.prompt) + max(max(map(len, example.answers)), max_new_tokens))
+    return longest
+
+
+def model_config(model: str | Path) -> dict[str, Any]:
+    return json.loads((Path(model) / "config.json").read_text())
+
+
+def evaluate_examples(
+    backend: Backend,
+    tokenizer,
+    encoded: dict[str, list[tuple[int, EncodedExample]]],
+    examples: dict[str, list[EvalExample]],
+    max_new_tokens: int,
+) -> tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]:
+    """Per-example TOFU entries for (index, example) pairs of each split: all scoring in one batch, then generation."""
+    timings = EvalTimings()
+    items = [(split, index, ex) for split, pairs in encoded.items() for index, ex in pairs]
+    pairs = [(ex.prompt, answer) for _, _, ex in items for answer in ex.answers]
+    started = time.perf_counter()
+    scores = iter(backend.score(pairs))
+    timings.score_seconds = time.perf_counter() - started
+    timings.scored_tokens = sum(len(answer) for _, answer in pairs)
+    started = time.perf_counter()
+    generations = backend.generate([ex.prompt for _, _, ex in items], max_new_tokens)
+    timings.generate_seconds = time.perf_counter() - started
+    timings.generated_tokens = sum(map(len, generations))
+
+    records: dict[str, dict[int, dict[str, Any]]] = {split: {} for split in encoded}
+    for (split, index, ex), generated in zip(items, generations, strict=True):
+        gt, paraphrased, *perturbed = (next(scores) for _ in ex.answers)
+        entry = example_log_entries(gt, paraphrased, perturbed)
+        source = examples[split][index]
+        text = tokenizer.decode(generated, skip_special_tokens=True).strip()
+        # TOFU's order: [input, generation, ground truth].
+        entry["generated_text"] = [tokenizer.decode(ex.prompt, skip_special_tokens=True), text, source.answer]
+        entry["rougeL_recall"] = rouge_l_recall(text, source.answer)
+        records[split][index] = entry
+    return records, timings
+
+
+def tofu_layout(records: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{log file: {metric: {"0": value, "1": ...}}} in example order, as TOFU writes its eval logs."""
+    logs: dict[str, dict[str, dict[str, Any]]] = {}
+    for split, by_index in records.items():
+        metrics: dict[str, dict[str, Any]] = {}
+        for index in sorted(by_index):
+            for metric, value in by_index[index].items():
+                metrics.setdefault(metric, {})[str(index)] = value
+        logs[LOG_FILE[split]] = metrics
+    return logs
+
+
+@contextmanager
+def _timed(timings: EvalTimings) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    timings.load_seconds += time.perf_counter() - started
+
+
+def evaluate(settings: EvalSettings) -> EvalResult:
+    """Check everything that can fail cheaply, then evaluate all four splits and (optionally) write the logs."""
+    from transformers import AutoTokenizer
+
+    if settings.max_new_tokens < 1 or settings.num_replicas < 1 or settings.reference_batch_size < 1:
+        raise EvalError("--max-new-tokens, --num-replicas and --reference-batch-size must be >= 1")
+    if settings.ray and settings.backend != "vllm":
+        raise EvalError("--ray runs vLLM engine replicas; the reference backend runs in one process")
+    bundle = is_bundle(settings.model)
+    if not bundle and (settings.weight is not None or settings.filter is not None):
+        raise EvalError(f"--weight/--filter apply to ULD bundles; {settings.model} is a plain HF checkpoint")
+    if bundle:
+        from uld_vllm.engine import preflight
+
+        preflight(settings.model, settings.weight, settings.filter)
+    examples = read_eval_data(settings.data)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    config = model_config(settings.model)
+    encoded = {split: encode_examples(tokenizer, split, rows, config["vocab_size"]) for split, rows in examples.items()}
+    needed = needed_context(encoded, settings.max_new_tokens)
+    context = config.get("max_position_embeddings")
+    if context is not None and needed > context:
+        raise EvalError(
+            f"the longest question + answer (or + --max-new-tokens {settings.max_new_tokens}) needs {needed} tokens, "
+            f"over the model's context of {context}"
+        )
+    indexed = {split: list(enumerate(rows)) for split, rows in encoded.items()}
+    if settings.ray:
+        records, timings = _evaluate_with_ray(settings, indexed, examples, needed + 1)
+    else:
+        timings = EvalTimings()
+        with _timed(timings):
+            backend = _open_backend(settings, needed + 1, tokenizer.eos_token_id, {})
+        try:
+            records, work = evaluate_examples(backend, tokenizer, indexed, examples, settings.max_new_tokens)
+            timings.add(work)
+        finally:
+            backend.close()
+    result = EvalResult(tofu_layout(records), timings)
+    if settings.output:
+        write_logs(result, Path(settings.output), settings)
+    return result
+
+
+def _open_backend(
+    settings: EvalSettings, max_model_len: int, eos_token_id: int | None, engine_kwargs: dict[str, Any]
+) -> Backend:
+    if settings.backend == "reference":
+        return ReferenceBackend(settings, eos_token_id)
+    return VllmBackend(settings, max_model_len, settings.engine_kwargs | engine_kwargs)
+
+
+def write_logs(result: EvalResult, output: Path, settings: EvalSettings) -> None:
+    """The four TOFU eval logs, plus run.json (settings and timings), each written atomically."""
+    from dataclasses import asdict
+
+    output.mkdir(parents=True, exist_ok=True)
+    files = dict(result.logs)
+    files["run.json"] = {"settings": asdict(settings), "timings": asdict(result.timings)}
+    for name, content in files.items():
+        tmp = output / f".{name}.tmp"
+        tmp.write_text(json.dumps(content, indent=1))
+        os.replace(tmp, output / name)
+
+
+# ------------------------------------------------------------------------------------------------------------ Ray
+
+
+def _evaluate_with_ray(
+    settings: EvalSettings,
+    indexed: dict[str, list[tuple[int, EncodedExample]]],
+    examples: dict[str, list[EvalExample]],
+    max_model_len: int,
+) -> tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]:
+    """Replica r evaluates examples r, r + N, ... of every split with its own engine; the driver merges by index.
+
+    Each replica returns per-example entries keyed by index, so the merged logs equal the single-process ones.
+    """
+    import ray
+
+    from uld_vllm.engine import has_cuda
+
+    replicas = settings.num_replicas
+    memory = {} if has_cuda() or settings.engine_kwargs else {"gpu_memory_utilization": min(0.3, 0.6 / replicas)}
+    if not ray.is_initialized():
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}},
+            log_to_driver=False,
+        )
+    task = ray.remote(num_cpus=1, num_gpus=1 if has_cuda() else 0, max_retries=2)(_evaluate_shard)
+    shards = [{split: pairs[r::replicas] for split, pairs in indexed.items()} for r in range(replicas)]
+    futures = [task.remote(settings, shard, examples, max_model_len, memory) for shard in shards]
+    records: dict[str, dict[int, dict[str, Any]]] = {split: {} for split in indexed}
+    timings = EvalTimings()
+    for shard_records, shard_timings in ray.get(futures):
+        for split, by_index in shard_records.items():
+            records[split].update(by_index)
+        timings.add(shard_timings)
+    return records, timings
+
+
+def _evaluate_shard(
+    settings: EvalSettings,
+    shard: dict[str, list[tuple[int, EncodedExample]]],
+    examples: dict[str, list[EvalExample]],
+    max_model_len: int,
+    engine_kwargs: dict[str, Any],
+) -> tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    timings = EvalTimings()
+    with _timed(timings):
+        backend = _open_backend(settings, max_model_len, tokenizer.eos_token_id, engine_kwargs)
+    try:
+        records, work = evaluate_examples(backend, tokenizer, shard, examples, settings.max_new_tokens)
+    finally:
+        backend.close()
+    timings.add(work)
+    return records, timings

@@ -1,0 +1,65 @@
+"""The question-answer format shared by training and evaluation: files of QA rows, and how a QA pair becomes tokens.
+
+Training (uld_train) and TOFU evaluation (uld_vllm.eval) must see a question exactly as the other does, or the
+evaluation measures a different prompt than the one trained: both call these functions, nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from uld_vllm.errors import UldError
+
+
+class DataError(UldError):
+    """A data file is missing, unreadable or malformed; the message names the file and the row."""
+
+
+def read_rows(path: Path, what: str) -> list[dict]:
+    """Rows of a parquet or JSON-lines file as dicts."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for a corrupt file; the user needs one line
+            raise DataError(f"{what} {path} is not a readable parquet file ({type(e).__name__})") from None
+    if path.suffix in (".json", ".jsonl"):
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{what} {path} line {number} is not JSON ({e.msg}); expected JSON lines") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{what} {path} line {number} is not a JSON object")
+            rows.append(row)
+        return rows
+    raise DataError(f"{what} {path} has unknown extension {path.suffix!r} (use .parquet, .json or .jsonl)")
+
+
+# ---------------------------------------------------------------------------------------------------- tokenising
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """Question as the model sees it at inference: the chat template when the tokenizer has one."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template writes BOS itself
+    return tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"]
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """Answer tokens plus EOS, so the model also learns where the answer stops (as TOFU trains)."""
+    text = answer if getattr(tokenizer, "chat_template", None) else " " + answer
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        return []
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
