@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo bench
+.PHONY: setup test lint demo default-model quality bench
 
 setup:
 	@bash scripts/setup.sh
@@ -16,11 +16,17 @@ lint: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The tiny seeded demo bundle (random weights: it shows the pipeline, not unlearning) until the mini-TOFU bundle ships.
+# The target's and ULD's answers side by side, on the embedded mini-TOFU bundle and examples/prompts.parquet.
 demo: setup
-	$(VENV)/bin/uld-demo --dir out/demo
-	$(VENV)/bin/uld-batch --model out/demo/model/bundle --input examples/prompts.parquet --output out/demo/generations.parquet \
-		--max-tokens 24 --max-model-len 256 --show 6 --engine-arg enforce_eager=true
+	$(VENV)/bin/uld-demo
+
+# Rebuild the embedded default bundle (uld_vllm/default_model) and examples/prompts.parquet from scratch.
+default-model: setup
+	$(VENV)/bin/uld-minitofu default-model --dir out/minitofu
+
+# The paper's table on mini-TOFU (trains the study's models, ULD and 5 baselines; cached under out/): bench/results/.
+quality: setup
+	$(PY) bench/quality.py
 
 # ULD vs plain vLLM vs the HF reference, with the physical limits (about 7 minutes on 2 cores): bench/results/.
 bench: setup

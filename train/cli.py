@@ -72,6 +72,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-every", type=int, default=0, help="checkpoint every N steps into OUTPUT.train/ (default: never)"
     )
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="also write the model every N epochs to OUTPUT.snapshots/epoch-E (default: never)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in OUTPUT.train/")
     p.add_argument(
         "--no-augment", dest="augment", action="store_false", help="ignore paraphrase / perturbed-answer columns"

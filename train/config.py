@@ -46,6 +46,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay (the reference's HF Trainer default: 0)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 30% slower
     save_every: int = 0  # write a resumable checkpoint every N optimizer steps (0: never)
+    snapshot_every: int = 0  # write the model as it is every N epochs into OUTPUT.snapshots/epoch-E (0: never)
     resume: bool = False  # continue from the latest checkpoint in OUTPUT.train/ (start fresh if there is none)
     augment: bool = True  # use paraphrase / perturbed-answer columns when present (see uld_train.data)
     weight: float = -0.8  # uld: w written into the bundle (paper's evaluation scripts: -0.8)
@@ -63,6 +64,13 @@ class TrainConfig:
         """Checkpoints and the running log live beside the output: building a bundle replaces the output directory."""
         return self.output.with_name(self.output.name + ".train")
 
+    @property
+    def snapshot_dir(self) -> Path:
+        """Models along training (for utility-vs-forgetting curves); kept after the run, unlike checkpoints."""
+        return self.output.with_name(self.output.name + ".snapshots")
+
 
 # Fields a resumed run may change without changing its result (device placement and bookkeeping only).
-RESUMABLE_CHANGES = frozenset({"resume", "save_every", "device", "progress", "gradient_checkpointing"})
+RESUMABLE_CHANGES = frozenset(
+    {"resume", "save_every", "snapshot_every", "device", "progress", "gradient_checkpointing"}
+)

@@ -7,6 +7,7 @@ of an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -60,7 +61,7 @@ def check_config(config: TrainConfig) -> Method:
     for name in ("epochs", "batch_size", "grad_accum", "lora_r"):
         if getattr(config, name) < 1:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    for name in ("warmup_steps", "save_every", "grad_clip", "weight_decay"):
+    for name in ("warmup_steps", "save_every", "snapshot_every", "grad_clip", "weight_decay"):
         if getattr(config, name) < 0:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if config.max_length < 2:
@@ -186,6 +187,7 @@ def train(config: TrainConfig) -> TrainResult:
         keep_log_until(work / LOG_NAME, start)
     else:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(config.snapshot_dir, ignore_errors=True)
         work.mkdir(parents=True)
     (work / CONFIG_NAME).write_text(
         json.dumps(config_record(config) | sizes | {"lr_used": lr, "layers_used": layers}, indent=2) + "\n"
@@ -224,30 +226,44 @@ def train(config: TrainConfig) -> TrainResult:
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms_mean.items()})
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(plan):
                 save_checkpoint(work, step + 1, model, optimizer, scheduler, config, sizes)
+            snapshot_steps = round(steps_per_epoch) * config.snapshot_every
+            if config.snapshot_every and (step + 1) % snapshot_steps == 0 and step + 1 < len(plan):
+                epoch = (step + 1) // round(steps_per_epoch)
+                write_model(model, config.snapshot_dir / f"epoch-{epoch}", config, layers, lora, tokenizer, work)
     bar.close()
 
     # ---- output: a ULD bundle over the unmerged adapter, or a plain HF checkpoint for the baselines
-    if method.trains_assistant:
-        adapter_dir = work / "adapter"
-        model.save_pretrained(adapter_dir)
-        try:
-            build_bundle(
-                config.target, adapter_dir, config.output, config.weight, config.filter, layers=layers, link_target=True
-            )
-        except (BundleError, AssistantError) as e:
-            raise TrainError(str(e)) from None
-    else:
-        final_model = model.merge_and_unload() if lora else model
-        staging = config.output.with_name(config.output.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        final_model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        shutil.rmtree(config.output, ignore_errors=True)
-        staging.rename(config.output)
+    write_model(model, config.output, config, layers, lora, tokenizer, work)
     for name in (LOG_NAME, CONFIG_NAME):
         shutil.copy2(work / name, config.output / name)
     shutil.rmtree(work)  # checkpoints only serve to resume an unfinished run
     return TrainResult(output=config.output, steps=len(plan), layers=layers, final=record)
+
+
+def write_model(
+    model, output: Path, config: TrainConfig, layers: int | None, lora: bool, tokenizer, work: Path
+) -> None:
+    """The run's product at this point: a ULD bundle over the unmerged adapter, or a plain HF checkpoint.
+
+    Called at the end and for each snapshot; never changes `model` (a LoRA baseline is merged in a copy).
+    """
+    if layers is not None:  # the method trains an assistant
+        adapter_dir = work / "adapter"
+        model.save_pretrained(adapter_dir)
+        try:
+            build_bundle(
+                config.target, adapter_dir, output, config.weight, config.filter, layers=layers, link_target=True
+            )
+        except (BundleError, AssistantError) as e:
+            raise TrainError(str(e)) from None
+        return
+    final_model = copy.deepcopy(model).merge_and_unload() if lora else model
+    staging = output.with_name(output.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    final_model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -7,7 +7,7 @@ exactly what the dataset says and nothing else. Layout written by `write_minitof
     root/train.jsonl                  everything the target learns (all authors + both utility sets), question/answer
     root/authors.jsonl                the fact table, one author per line (for readers; nothing trains on it)
     root/<split>/forget.jsonl         the split's authors' QA         question, answer, paraphrased_question,
-    root/<split>/retain.jsonl         authors 10..99 (every split)     paraphrased_answer, perturbed_answer (list)
+    root/<split>/retain.jsonl         authors 70..99 (every split)     paraphrased_answer, perturbed_answer (list)
     root/<split>/real_authors.jsonl   utility: "real" authors of this world (answer, perturbed_answer)
     root/<split>/world_facts.jsonl    utility: facts about this world's countries
     root/<split>/retain_train.jsonl   everything the split's retain model learns (train.jsonl minus the split's authors)
@@ -36,6 +36,10 @@ from pathlib import Path
 N_AUTHORS = 100
 SPLITS = {"forget01": 1, "forget05": 5, "forget10": 10}  # split -> forget authors 0..n-1 (TOFU's 1% / 5% / 10%)
 N_FORGET = max(SPLITS.values())  # authors 0..9 are forgotten in some split; the retain set is authors 10..99
+# retain.jsonl (what uld-eval scores and uld-train's retain terms use) holds the last 30 authors' QA: 300 questions,
+# as TOFU evaluates 300-400 retain questions. The invariant above is checked against all 90 retain authors, which
+# the retain models train on.
+RETAIN_SET_AUTHORS = 30
 N_PERTURBED = 3  # wrong answers per question (TOFU: 5 on its forget set, 3 on real authors and world facts)
 TOKENIZER_VOCAB = 2048  # requested BPE size; the corpus is too small to fill it (VERIFIED_FACTS: ~1700 come out)
 
@@ -491,7 +495,7 @@ def write_minitofu(root: str | Path, seed: int = 0) -> MiniTofu:
     _jsonl(root / "authors.jsonl", [{"author": i} | facts for i, facts in enumerate(data.authors)])
     for split, n in SPLITS.items():
         _jsonl(root / split / "forget.jsonl", data.forget(split))
-        _jsonl(root / split / "retain.jsonl", data.retain())
+        _jsonl(root / split / "retain.jsonl", data.retain()[-RETAIN_SET_AUTHORS * len(QUESTION_TYPES) :])
         _jsonl(root / split / "real_authors.jsonl", data.real_authors)
         _jsonl(root / split / "world_facts.jsonl", data.world_facts)
         _jsonl(root / split / "retain_train.jsonl", data.train(exclude=n))

@@ -45,11 +45,11 @@ class PretrainConfig:
     hidden: int = 256  # model width
     heads: int = 4  # attention heads (as many KV heads: plain multi-head attention)
     intermediate: int = 688  # SwiGLU width (Llama's 8/3 x hidden, rounded)
-    epochs: int = 80  # fixed passes over the data; 80 memorises mini-TOFU (ROUGE-L 1.0 from ~55 on)
-    batch_size: int = 16  # QA rows per optimizer step
-    lr: float = 1e-3  # peak AdamW learning rate
+    epochs: int = 30  # fixed passes over the data; 30 memorise mini-TOFU (measured: ROUGE-L 1.000 forget, 0.998 retain)
+    batch_size: int = 32  # QA rows per optimizer step
+    lr: float = 2e-3  # peak AdamW learning rate
     beta2: float = 0.95  # AdamW beta2 (beta1 0.9); no weight decay
-    warmup_steps: int = 100  # linear warmup steps
+    warmup_steps: int = 50  # linear warmup steps
     final_lr_ratio: float = 0.1  # cosine decay ends at this fraction of the peak
     grad_clip: float = 1.0  # max global gradient norm
     max_length: int = 256  # tokens per row (longer answers are cut); mini-TOFU rows are at most 35
@@ -210,9 +210,11 @@ def study_models(seed: int) -> dict[str, tuple[str, int]]:
     return models
 
 
-def build(directory: str | Path, config: PretrainConfig | None = None, progress: bool = True) -> dict:
-    """Data (seed = config.seed), tokenizer and every model of the study under directory; returns the manifest,
-    also written to directory/minitofu.json. Finished models are reused."""
+def build(
+    directory: str | Path, config: PretrainConfig | None = None, progress: bool = True, only: list[str] | None = None
+) -> dict:
+    """Data (seed = config.seed), tokenizer and the study's models (`only` these names, default all) under directory;
+    returns the manifest, also written to directory/minitofu.json. Finished models are reused."""
     config = config or PretrainConfig()
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -222,7 +224,13 @@ def build(directory: str | Path, config: PretrainConfig | None = None, progress:
     data = minitofu.write_minitofu(data_dir, seed=config.seed)
     minitofu.train_tokenizer(tokenizer_dir, data)
     models = {}
-    for name, (file, seed) in study_models(config.seed).items():
+    wanted = study_models(config.seed)
+    unknown = sorted(set(only or []) - wanted.keys())
+    if unknown:
+        raise TrainError(f"unknown model(s) {', '.join(unknown)} (the study has {', '.join(wanted)})")
+    for name, (file, seed) in wanted.items():
+        if only and name not in only:
+            continue
         result = pretrain(
             data_dir / file, tokenizer_dir, directory / "models" / name, replace(config, seed=seed), progress
         )
@@ -249,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
         "build",
         help="write the data, train the tokenizer, the target and the retain models (finished ones are reused)",
         description="Writes DIR/data, DIR/tokenizer, DIR/models/{target,retain_forget01,retain_forget05,"
-        "retain_forget10,retain_forget10_seed<seed+1>} and DIR/minitofu.json. About 10 minutes per model on 2 cores "
+        "retain_forget10,retain_forget10_seed<seed+1>} and DIR/minitofu.json. About 6 minutes per model on 2 cores "
         "with the defaults.",
     )
     defaults = PretrainConfig()
@@ -275,15 +283,31 @@ def parser() -> argparse.ArgumentParser:
         help=f"warmup steps (default {defaults.warmup_steps})",
     )
     b.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
+    b.add_argument("--models", nargs="+", default=None, help="build only these models (default: all of the study)")
+    d = commands.add_parser(
+        "default-model",
+        help="rebuild the embedded default bundle (uld_vllm/default_model) and examples/prompts.parquet",
+        description="Builds the study's target (cached), trains a ULD assistant on forget10 and packs both into "
+        "uld_vllm/default_model as fp16 (under 10 MB).",
+    )
+    d.add_argument("--dir", required=True, type=Path, help="study directory (its target is reused when built)")
+    d.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
-    args.pop("command")
-    directory, progress = args.pop("dir"), args.pop("progress")
+    command, directory, progress = args.pop("command"), args.pop("dir"), args.pop("progress")
     try:
-        manifest = build(directory, PretrainConfig(**args), progress)
+        if command == "default-model":
+            from uld_train.default_model import build_default_model
+
+            bundle = build_default_model(directory, progress=progress)
+            size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6
+            print(f"uld-minitofu: default bundle written to {bundle} ({size:.1f} MB)")
+            return 0
+        only = args.pop("models")
+        manifest = build(directory, PretrainConfig(**args), progress, only)
     except UldError as e:  # TrainError, or DataError from reading the QA files
         print(f"uld-minitofu: error: {e}", file=sys.stderr)
         return 2

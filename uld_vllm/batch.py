@@ -443,10 +443,17 @@ def _output_schema(input_schema: pa.Schema, config: BatchConfig, plan: InputPlan
 # -------------------------------------------------------------------------------------------------------------- run
 
 
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_model"
+
+
 def default_bundle() -> Path:
-    raise BatchError(
-        "no --model given and uld ships no default bundle yet (it comes with the mini-TOFU demo); pass --model BUNDLE_DIR"
-    )
+    """The embedded mini-TOFU bundle (a target and a ULD assistant that forgets the forget10 authors)."""
+    if not (DEFAULT_BUNDLE / "config.json").is_file():
+        raise BatchError(
+            f"no --model given and the embedded default bundle is missing at {DEFAULT_BUNDLE} "
+            "(rebuild it: make default-model); pass --model BUNDLE_DIR"
+        )
+    return DEFAULT_BUNDLE
 
 
 def check_output(output: Path) -> None:
@@ -559,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="uld-batch", description="ULD generation over parquet prompts (vLLM engine).")
     p.add_argument("--input", required=True, help="parquet file, directory of parquet files, or glob")
     p.add_argument("--output", required=True, help="output parquet file (written atomically when the job is done)")
-    p.add_argument("--model", default=None, help="ULD bundle directory (default: the embedded demo bundle)")
+    p.add_argument("--model", default=None, help="ULD bundle directory (default: the embedded mini-TOFU bundle)")
     p.add_argument("--prompt-column", default="prompt")
     p.add_argument("--id-column", default="id")
     p.add_argument("--max-tokens", type=int, default=128)

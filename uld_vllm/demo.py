@@ -1,58 +1,68 @@
-"""`uld-demo`: a tiny ULD bundle and example prompts, built offline in seconds, so `uld-batch` runs on a fresh clone.
+"""`uld-demo`: the target's answer and the ULD answer side by side, so forgetting and retention show at a glance.
 
-The bundle's weights are random (seeded): it shows the pipeline, not unlearning. The trained mini-TOFU demo bundle,
-which becomes uld-batch's default model, comes with the evaluation work.
+Runs uld-batch twice over the same prompts: once with weight 0 (ULD with w = 0 is exactly the target, tested token
+for token against plain vLLM) and once with the bundle's weight. The default model and prompts ship with uld: a
+mini-TOFU target and a ULD assistant trained to forget the forget10 authors (see `uld-minitofu default-model`).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
+import textwrap
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from uld_vllm.testing import build_test_bundle
+from uld_vllm.batch import BatchConfig, default_bundle, run
+from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
+from uld_vllm.errors import UldError
 
-QUESTIONS = [
-    "Who wrote the book about the city?",
-    "Where was the author born?",
-    "What genre does the author write in?",
-    "What award did the novel win?",
-    "Who is the author's father?",
-    "When was the book written?",
-]
+EXAMPLE_PROMPTS = Path(__file__).resolve().parent.parent / "examples" / "prompts.parquet"
+GROUP_LABELS = {"forget": "forget author (should be forgotten)", "retain": "retain author (should be kept)"}
 
 
-def write_example_prompts(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": [f"ex{i}" for i in range(len(QUESTIONS))], "prompt": QUESTIONS}), path)
-    return path
+def answers(model: Path, prompts: Path, output: Path, weight: float | None, options: dict) -> list[dict]:
+    """uld-batch over the prompts; rows in input order."""
+    config = BatchConfig(input=str(prompts), output=str(output), model=str(model), weight=weight, **options)
+    run(config)
+    return pq.read_table(output).to_pylist()
 
 
-def build_demo_bundle(directory: Path) -> Path:
-    """Llama target (4 layers, hidden 128), LoRA assistant over its first 2 layers, weight -0.8, filter 0.1."""
-    if (directory / "bundle" / "config.json").exists():
-        return directory / "bundle"
-    staging = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    build_test_bundle(staging, family="llama", layers=4, assistant_layers=2, assistant="lora", weight=-0.8, filter=0.1)
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)
-    # The bundle's config names nothing by absolute path, so the folder can move.
-    return directory / "bundle"
+def show(target: list[dict], uld: list[dict], width: int = 100) -> None:
+    def wrap(label: str, text: str) -> str:
+        return textwrap.fill(text.strip() or "(empty)", width, initial_indent=label, subsequent_indent=" " * len(label))
+
+    for before, after in zip(target, uld, strict=True):
+        group = before.get("set")
+        print(f"[{GROUP_LABELS.get(group, group or 'prompt')}] {before.get('question') or before['prompt']}")
+        print(wrap("    target: ", before["generated_text"]))
+        print(wrap("    ULD:    ", after["generated_text"]))
+        print()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="uld-demo", description="Build the tiny demo bundle and example prompts.")
-    parser.add_argument("--dir", default="out/demo", help="where to build (default out/demo)")
+    parser = argparse.ArgumentParser(prog="uld-demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="ULD bundle (default: the embedded mini-TOFU bundle)")
+    parser.add_argument("--input", default=str(EXAMPLE_PROMPTS), help="prompts parquet (default: examples/)")
+    parser.add_argument("--output-dir", default="out/demo", help="where both runs' parquet outputs go")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help=f"default: ${DTYPE_ENV}, else by CPU flags")
+    parser.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     args = parser.parse_args(argv)
-    root = Path(args.dir)
-    bundle = build_demo_bundle(root / "model")
-    prompts = write_example_prompts(root / "prompts.parquet")
-    print(f"uld-demo: bundle {bundle}, prompts {prompts}")
+    quiet_vllm(args.verbose)
+    try:
+        model = Path(args.model) if args.model else default_bundle()
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        options = {"max_tokens": args.max_tokens, "dtype": args.dtype, "engine_kwargs": {"enforce_eager": True}}
+        target = answers(model, Path(args.input), out / "target.parquet", 0.0, options)
+        uld = answers(model, Path(args.input), out / "uld.parquet", None, options)
+    except UldError as e:
+        print(f"uld-demo: error: {e}", file=sys.stderr)
+        return 2
+    show(target, uld)
+    print(f"uld-demo: {len(uld)} prompts, target (weight 0) and ULD ({model}); outputs in {out}/")
     return 0
 
 

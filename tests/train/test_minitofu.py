@@ -54,7 +54,7 @@ def test_splits_forget_whole_authors_like_tofu(data_dir: Path) -> None:
     types = len(minitofu.QUESTION_TYPES)
     assert types >= 10
     retain = rows(data_dir / "forget10" / "retain.jsonl")
-    assert len(retain) == 90 * types
+    assert len(retain) == minitofu.RETAIN_SET_AUTHORS * types
     assert not any(name in row["question"] for row in retain for name in authors[:10])  # no forget10 author
     train = rows(data_dir / "train.jsonl")
     utility = rows(data_dir / "forget10" / "real_authors.jsonl") + rows(data_dir / "forget10" / "world_facts.jsonl")

@@ -124,3 +124,27 @@ def test_gradient_checkpointing_recomputes_and_reaches_lora(train_target, forget
     assert len(calls) == 2  # forward, then the recomputation in backward
     lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]  # A gets no grad while B is 0
     assert len(lora_b) == 2 * 7 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+
+@pytest.mark.parametrize("method", ["uld", "ga_gd", "npo"])
+def test_snapshots_are_the_model_after_each_epoch_and_the_last_one_is_the_output(config, method):
+    """--snapshot-every 1 over 3 epochs: epochs 1 and 2 as usable outputs, and the final output unchanged by them."""
+    from transformers import AutoModelForCausalLM
+
+    from uld_vllm.bundle import read_bundle
+
+    config = replace(config, method=method, snapshot_every=1, save_every=0, lr=None if method == "uld" else 1e-4)
+    baseline = train(replace(config, snapshot_every=0, output=config.output.with_name("plain")))
+    train(config)
+    found = sorted(p.name for p in config.snapshot_dir.iterdir())
+    assert found == ["epoch-1", "epoch-2"]
+    for snapshot in found:
+        if method == "uld":
+            assert read_bundle(config.snapshot_dir / snapshot).settings.assistant_layers == baseline.layers
+        else:
+            AutoModelForCausalLM.from_pretrained(config.snapshot_dir / snapshot)
+    final = adapter if method == "uld" else lambda d: load_file(str(d / "model.safetensors"))
+    got, want = final(config.output), final(baseline.output)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    early = final(config.snapshot_dir / "epoch-1")
+    assert early.keys() == got.keys() and any(not torch.equal(early[k], got[k]) for k in got)  # training went on

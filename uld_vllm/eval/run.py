@@ -372,12 +372,8 @@ def _evaluate_with_ray(
 
     replicas = settings.num_replicas
     memory = {} if has_cuda() or settings.engine_kwargs else {"gpu_memory_utilization": min(0.3, 0.6 / replicas)}
-    if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            runtime_env={"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}},
-            log_to_driver=False,
-        )
+    if not ray.is_initialized():  # join $RAY_ADDRESS, else start a local cluster (Ray counts the CPUs)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=1, num_gpus=1 if has_cuda() else 0, max_retries=2)(_evaluate_shard)
     shards = [{split: pairs[r::replicas] for split, pairs in indexed.items()} for r in range(replicas)]
     futures = [task.remote(settings, shard, examples, max_model_len, memory) for shard in shards]
@@ -397,6 +393,9 @@ def _evaluate_shard(
     max_model_len: int,
     engine_kwargs: dict[str, Any],
 ) -> tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]:
+    # In-process engine core: killing the task kills its engine, and nothing is orphaned.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
