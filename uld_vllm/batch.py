@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -59,7 +58,7 @@ class BatchError(UldError):
 
 @dataclass
 class BatchConfig:
-    """Everything a uld-batch job depends on; its fingerprint guards resume against a changed job."""
+    """Everything a uld-batch job depends on; its `job` record guards resume against a changed job."""
 
     input: str  # parquet file, directory of parquet files, or glob
     output: str  # parquet file to write (atomically, at the end)
@@ -76,7 +75,7 @@ class BatchConfig:
     weight: float | None = None  # ULD weight override (bundle's when None)
     filter: float | None = None  # relative-top filter override (bundle's when None)
     batch_size: int = 512  # rows per committed part: the unit of memory and of work lost to a kill
-    max_model_len: int = 1024
+    max_model_len: int | None = None  # None: the model's own context (max_position_embeddings), at most 8192
     on_bad_row: Literal["fail", "skip", "record"] = "fail"
     dtype: str | None = None  # engine dtype; None: $ULD_DTYPE, else uld_vllm.engine.default_dtype() (by CPU flags)
     engine_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
@@ -84,16 +83,16 @@ class BatchConfig:
     address: str | None = None  # Ray cluster address (default: start or join a local one)
     num_replicas: int = 1  # engine replicas with --ray
 
-    def fingerprint(self, files: list[Path]) -> str:
-        """Everything that changes the output rows; call on a config whose dtype is resolved (see `run`)."""
+    def job(self, files: list[Path]) -> dict[str, Any]:
+        """Everything that changes the output rows (JSON-able); call on a config whose dtype is resolved (`run`)."""
         job = {
             k: v
             for k, v in asdict(self).items()
             if k not in ("output", "batch_size", "ray", "address", "num_replicas", "engine_kwargs")
         }
         job["engine_kwargs"] = {k: v for k, v in self.engine_kwargs.items() if k not in SPEED_ONLY_ENGINE_ARGS}
-        job["files"] = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-        return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        job["files"] = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        return json.loads(json.dumps(job, sort_keys=True, default=str))
 
 
 @dataclass
@@ -265,19 +264,20 @@ def plan_input(config: BatchConfig, tokenizer) -> InputPlan:
 class WorkDir:
     """Committed part files beside the output; what survives a kill."""
 
-    def __init__(self, output: Path, fingerprint: str) -> None:
+    def __init__(self, output: Path, job: dict[str, Any]) -> None:
         self.path = output.parent / f".{output.name}.uld-parts"
-        self.fingerprint = fingerprint
-        job = self.path / "job.json"
-        if job.exists():
-            recorded = json.loads(job.read_text()).get("fingerprint")
-            if recorded != fingerprint:
+        record = self.path / "job.json"
+        if record.exists() and self.parts():
+            recorded = json.loads(record.read_text()).get("job", {})
+            changed = sorted(k for k in set(recorded) | set(job) if recorded.get(k) != job.get(k))
+            if changed:
                 raise BatchError(
-                    f"{self.path} holds parts of a different job (input or options changed); delete it to start over"
+                    f"{self.path} holds parts of a job with other {', '.join(changed)} (input or options changed); "
+                    "rerun with the same options to resume, or delete it to start over"
                 )
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(job, json.dumps({"fingerprint": fingerprint}))
+        # No committed part yet (a first run, or one that failed before its first part): nothing to protect.
+        self.path.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(record, json.dumps({"job": job}))
 
     def parts(self) -> list[Path]:
         return sorted(self.path.glob("part-*.parquet"))
@@ -479,26 +479,44 @@ def engine_kwargs(config: BatchConfig) -> dict[str, Any]:
     return kwargs | config.engine_kwargs
 
 
+DEFAULT_CONTEXT_CAP = 8192  # KV-cache memory: a default context never asks for more than this per sequence
+
+
+def context_length(model_config: dict[str, Any], config: BatchConfig) -> int:
+    """--max-model-len, checked against the model's own context; by default that context (capped)."""
+    context = model_config.get("max_position_embeddings")
+    if config.max_model_len is None:
+        return min(context or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+    if context is not None and config.max_model_len > context:
+        raise BatchError(
+            f"--max-model-len {config.max_model_len} exceeds the model's context of {context} tokens "
+            "(max_position_embeddings); pass --max-model-len <= that or leave it out"
+        )
+    return config.max_model_len
+
+
 def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     """Python API mirroring the CLI: run(input=..., output=..., model=..., ...) or run(BatchConfig(...))."""
     config = config or BatchConfig(**options)
     started = time.monotonic()
     output = Path(config.output)
     check_output(output)
-    if config.n < 1 or config.max_tokens < 1 or config.batch_size < 1 or config.max_model_len < 2:
+    if config.n < 1 or config.max_tokens < 1 or config.batch_size < 1 or (config.max_model_len or 2) < 2:
         raise BatchError("--n, --max-tokens, --batch-size must be >= 1 and --max-model-len >= 2")
     if config.n > 1 and config.temperature == 0.0:
         raise BatchError("--n > 1 needs sampling (--temperature > 0): greedy decoding would repeat one completion")
     bundle = Path(config.model) if config.model else default_bundle()
     from uld_vllm.engine import check_dtype, default_dtype, preflight
 
-    # Resolved now, so the resume fingerprint records the dtype actually used (the default depends on the CPU).
+    # Resolved now, so the resume record holds the dtype actually used (the default depends on the CPU).
     config = replace(config, dtype=check_dtype(config.dtype, "--dtype") if config.dtype else default_dtype())
 
-    preflight(bundle, config.weight, config.filter)
+    config = replace(
+        config, max_model_len=context_length(preflight(bundle, config.weight, config.filter).config, config)
+    )
     tokenizer = load_tokenizer(bundle)
     plan = plan_input(config, tokenizer)
-    work = WorkDir(output, config.fingerprint(plan.files))
+    work = WorkDir(output, config.job(plan.files))
     if config.ray:
         from uld_vllm.ray_batch import generate_with_ray
 
@@ -579,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight", type=float, default=None, help="ULD weight override")
     p.add_argument("--filter", type=float, default=None, help="relative-top filter override")
     p.add_argument("--batch-size", type=int, default=512, help="rows per committed part")
-    p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="context length (default: the model's own, at most 8192)"
+    )
     p.add_argument(
         "--dtype",
         choices=DTYPES,

@@ -162,3 +162,26 @@ def test_directory_and_glob_inputs_resolve_in_sorted_order(tmp_path):
         (tmp_path / name).write_bytes(b"") if name.endswith("txt") else write_prompts(tmp_path / name, 2)
     assert [p.name for p in resolve_inputs(str(tmp_path))] == ["a.parquet", "b.parquet"]
     assert [p.name for p in resolve_inputs(str(tmp_path / "*.parquet"))] == ["a.parquet", "b.parquet"]
+
+
+def test_a_changed_job_is_refused_by_name_only_when_parts_were_committed(tmp_path):
+    from uld_vllm.batch import ROW, BatchError, WorkDir
+
+    output = tmp_path / "out.parquet"
+    job = {"dtype": "float32", "temperature": 0.0, "files": [["in.parquet", 10, 1]]}
+    WorkDir(output, job)
+    WorkDir(output, job | {"dtype": "bfloat16"})  # nothing committed yet: a corrected rerun starts over
+    work = WorkDir(output, job)
+    work.commit(pa.table({ROW: pa.array([0], pa.int64())}))
+    WorkDir(output, job)  # the same job resumes
+    with pytest.raises(BatchError, match=r"other dtype, temperature \(input or options changed\)"):
+        WorkDir(output, job | {"dtype": "bfloat16", "temperature": 1.0})
+    with pytest.raises(BatchError, match="other engine_kwargs"):
+        WorkDir(output, job | {"engine_kwargs": {"quantization": "fp8"}})
+
+
+def test_a_context_longer_than_the_models_is_one_line_naming_the_setting(bundle, tmp_path, capsys):
+    good = write_prompts(tmp_path / "in.parquet", 3)
+    args = ["--model", str(bundle), "--input", str(good), "--output", str(tmp_path / "out.parquet")]
+    err = run_cli(capsys, *args, "--max-model-len", "100000")
+    assert "--max-model-len 100000 exceeds the model's context of" in err and "max_position_embeddings" in err

@@ -125,7 +125,7 @@ def test_ray_batch_resumes_and_with_a_replica_killed_mid_job_writes_every_row_ex
     output = tmp_path / "out.parquet"
     job = config(inputs, output, bundle, ray=True, num_replicas=2)
     # A previous run committed rows 0-10: chunk 0 whole, chunk 1 in part (its rows 8-10 travel as the chunk's skips).
-    work = WorkDir(output, job.fingerprint(resolve_inputs(job.input)))
+    work = WorkDir(output, job.job(resolve_inputs(job.input)))
     for first, stop in ((0, 8), (8, 11)):
         done = single_process_output.slice(first, stop - first)
         work.commit(done.append_column("_row", pa.array(range(first, stop), pa.int64())))

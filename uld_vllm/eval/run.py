@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -119,7 +119,8 @@ class VllmBackend:
         kwargs |= {"dtype": settings.dtype} if settings.dtype else {}
         kwargs |= engine_kwargs
         if is_bundle(settings.model):
-            self.llm = make_llm(settings.model, settings.weight, settings.filter, **kwargs)
+            # evaluate() ran preflight already (and a Ray replica's driver did).
+            self.llm = make_llm(settings.model, settings.weight, settings.filter, check=False, **kwargs)
         else:
             self.llm = LLM(model=settings.model, **kwargs)
         self.progress = settings.progress
@@ -292,6 +293,10 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     """Check everything that can fail cheaply, then evaluate all four splits and (optionally) write the logs."""
     from transformers import AutoTokenizer
 
+    from uld_vllm.engine import check_dtype, default_dtype
+
+    # Resolved here so run.json records the dtype actually used (the default depends on the CPU).
+    settings = replace(settings, dtype=check_dtype(settings.dtype, "--dtype") if settings.dtype else default_dtype())
     if settings.max_new_tokens < 1 or settings.num_replicas < 1 or settings.reference_batch_size < 1:
         raise EvalError("--max-new-tokens, --num-replicas and --reference-batch-size must be >= 1")
     if settings.ray and settings.backend != "vllm":
