@@ -72,7 +72,7 @@ class Study:
                 output=str(out),
                 backend=backend,
                 dtype=self.dtype,
-                max_new_tokens=48,
+                max_new_tokens=32,
                 progress=self.progress,
                 **overrides,
             )
