@@ -6,49 +6,144 @@ vLLM runs `register()` in every process it starts (engine core, workers, Ray act
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+from dataclasses import dataclass
 
 logger = logging.getLogger("uld_vllm")
 
-# Runner methods through which vLLM computes prompt log-probs (model runner V1 and V2). They must see ULD's scoring
-# mode; every other compute_logits call (sampling) sees generation mode.
-_PROMPT_LOGPROB_ENTRY_POINTS = (
-    ("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_get_prompt_logprobs_dict"),
-    ("vllm.v1.worker.gpu.sample.prompt_logprob", "PromptLogprobsWorker", "compute_prompt_logprobs"),
-    ("vllm.v1.worker.gpu.sample.prompt_logprob", "PromptLogprobsWorker", "compute_prompt_token_id_logprobs"),
+# The vLLM releases whose runner internals the hooks below were written against and tested with (pyproject pins the
+# same). Another release may rename or reshape them: each hook then checks what it replaces and stands down.
+TESTED_VLLM = ("0.32.",)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A vLLM method the plugin wraps, with the parameter names it must have for the wrapper to be right."""
+
+    module: str
+    cls: str
+    method: str
+    params: tuple[str, ...]
+
+    def target(self) -> type | None:
+        """The class to patch, or None (with one warning) when the method is missing or has another signature."""
+        import importlib
+
+        try:
+            cls = getattr(importlib.import_module(self.module), self.cls)
+            found = tuple(inspect.signature(getattr(cls, self.method)).parameters)
+        except (ImportError, AttributeError, TypeError, ValueError):
+            return None
+        if found[: len(self.params)] != self.params:
+            logger.warning(
+                "uld: vLLM %s's %s.%s%s is not the %s this plugin knows; left alone",
+                _vllm_version(),
+                self.cls,
+                self.method,
+                found,
+                self.params,
+            )
+            return None
+        return cls
+
+
+# Runner methods through which vLLM computes prompt log-probs (model runner V1, which the CPU runner subclasses, and
+# V2). They must see ULD's scoring mode; every other compute_logits call (sampling) sees generation mode.
+SCORING_PATCHES = (
+    Patch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner",
+        "_get_prompt_logprobs_dict",
+        ("self", "hidden_states", "num_scheduled_tokens"),
+    ),
+    Patch(
+        "vllm.v1.worker.gpu.sample.prompt_logprob",
+        "PromptLogprobsWorker",
+        "compute_prompt_logprobs",
+        ("self", "logits_fn", "hidden_states", "input_batch"),
+    ),
+    Patch(
+        "vllm.v1.worker.gpu.sample.prompt_logprob",
+        "PromptLogprobsWorker",
+        "compute_prompt_token_id_logprobs",
+        ("self", "logits_fn", "hidden_states", "input_batch"),
+    ),
+)
+SEED_REWIND_PATCHES = (
+    Patch("vllm.v1.worker.gpu_model_runner", "GPUModelRunner", "_sample", ("self", "logits", "spec_decode_metadata")),
+    Patch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner",
+        "_bookkeeping_sync",
+        ("self", "scheduler_output", "sampler_output", "logits", "hidden_states", "num_scheduled_tokens"),
+    ),
 )
 
 
+def _vllm_version() -> str:
+    try:
+        import vllm
+
+        return vllm.__version__
+    except Exception:  # noqa: BLE001 - only used in a warning
+        return "?"
+
+
 def register() -> None:
+    """Register ULDForCausalLM and install the hooks. Never raises: vLLM runs this in every process whatever model it
+    serves, and a plugin that fails there would break models that have nothing to do with ULD."""
+    for step in (_register_model, install_scoring_hooks, install_cpu_seed_rewind):
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - see the docstring; the warning names what stood down
+            logger.warning(
+                "uld: %s failed on vLLM %s (%s: %s); left vLLM unchanged",
+                step.__name__,
+                _vllm_version(),
+                type(e).__name__,
+                e,
+            )
+    if not _vllm_version().startswith(TESTED_VLLM):
+        logger.warning("uld: tested with vLLM %s, running on %s", "/".join(TESTED_VLLM), _vllm_version())
+
+
+def _register_model() -> None:
     from vllm import ModelRegistry
 
     if "ULDForCausalLM" not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model("ULDForCausalLM", "uld_vllm.model:ULDForCausalLM")
-    install_scoring_hooks()
-    install_cpu_seed_rewind()
 
 
 def install_scoring_hooks() -> int:
-    """Wrap vLLM's prompt-logprob entry points in ULD's scoring mode; returns how many are wrapped."""
-    import importlib
-
+    """Wrap vLLM's prompt-logprob entry points in ULD's scoring mode; returns how many are wrapped (idempotent)."""
     from uld_vllm.model import scoring_mode
 
     wrapped = 0
-    for module_name, class_name, method_name in _PROMPT_LOGPROB_ENTRY_POINTS:
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError):
+    for patch in SCORING_PATCHES:
+        cls = patch.target()
+        if cls is None:
             continue
-        method = getattr(cls, method_name, None)
-        if method is None:
-            continue
+        method = getattr(cls, patch.method)
         if not getattr(method, "_uld_scoring", False):
-            setattr(cls, method_name, _in_scoring_mode(method, scoring_mode))
+            setattr(cls, patch.method, _in_scoring_mode(method, scoring_mode))
         wrapped += 1
-    if wrapped == 0:
-        logger.warning("uld: no known vLLM prompt-logprob entry point found; prompt log-probs use generation mode")
+    if not scoring_hooks_installed():
+        logger.warning("uld: vLLM's prompt-logprob entry point is not hooked: uld-eval refuses to score ULD bundles")
     return wrapped
+
+
+def scoring_hooks_installed() -> bool:
+    """True when the runner every vLLM 0.32 engine uses (V1; the CPU runner subclasses it) computes prompt log-probs
+    in ULD's scoring mode. Without it a ULD engine's prompt log-probs would be generation-mode values."""
+    import importlib
+
+    patch = SCORING_PATCHES[0]
+    try:
+        method = getattr(getattr(importlib.import_module(patch.module), patch.cls), patch.method)
+    except (ImportError, AttributeError):
+        return False
+    return bool(getattr(method, "_uld_scoring", False))
 
 
 def _in_scoring_mode(method, scoring_mode):
@@ -69,10 +164,10 @@ def install_cpu_seed_rewind() -> bool:
     not use offset" and kills the engine. Here CPU generators of discarded requests are snapshotted before sampling
     and restored after it (an exact rewind), and hidden from vLLM's CUDA-only rewind. GPU runs are untouched.
     """
-    try:
-        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-    except ImportError:
+    targets = [patch.target() for patch in SEED_REWIND_PATCHES]
+    if any(cls is None for cls in targets):
         return False
+    GPUModelRunner = targets[0]  # noqa: N806 - the vLLM class itself
     if getattr(GPUModelRunner._sample, "_uld_seed_rewind", False):
         return True
     sample, bookkeeping = GPUModelRunner._sample, GPUModelRunner._bookkeeping_sync

@@ -306,8 +306,15 @@ def evaluate(settings: EvalSettings) -> EvalResult:
         raise EvalError(f"--weight/--filter apply to ULD bundles; {settings.model} is a plain HF checkpoint")
     if bundle:
         from uld_vllm.engine import preflight
+        from uld_vllm.plugin import install_scoring_hooks, scoring_hooks_installed
 
         preflight(settings.model, settings.weight, settings.filter)
+        install_scoring_hooks()  # idempotent; vLLM installs it too, but only once an engine starts
+        if settings.backend == "vllm" and not scoring_hooks_installed():
+            raise EvalError(
+                "this vLLM's prompt-logprob entry point could not be hooked (see the uld warning above): a ULD engine "
+                "would score in generation mode; use the vLLM version uld pins or --backend reference"
+            )
     examples = read_eval_data(settings.data)
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
     config = model_config(settings.model)
