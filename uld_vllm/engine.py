@@ -117,6 +117,9 @@ def make_llm(
     """
     from vllm import LLM
 
+    if int(engine_kwargs.get("pipeline_parallel_size", 1)) > 1:
+        # ULDForCausalLM concatenates both streams' final hidden states, which intermediate pipeline ranks never hold.
+        raise BundleError("pipeline parallelism is not supported for ULD bundles yet (use tensor_parallel_size)")
     if check:
         preflight(bundle, weight, filter)
     overrides = dict(engine_kwargs.pop("hf_overrides", None) or {})

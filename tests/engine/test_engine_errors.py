@@ -94,3 +94,10 @@ def test_bad_engine_overrides_are_refused(bundle_copy):
 
 def test_missing_bundle_is_refused(tmp_path):
     assert "not found" in refusal(tmp_path / "nowhere")
+
+
+def test_pipeline_parallelism_is_refused_before_an_engine_starts(bundle_copy):
+    from uld_vllm.engine import make_llm
+
+    with pytest.raises(BundleError, match="pipeline parallelism is not supported"):
+        make_llm(bundle_copy, pipeline_parallel_size=2)
