@@ -235,7 +235,7 @@ def plan_input(config: BatchConfig, tokenizer) -> InputPlan:
         raise BatchError(f"input {config.input} holds no rows")
     seen: dict[Any, int] = {}
     bad: dict[int, str] = {}
-    columns = [column] + ([config.id_column] if has_ids else [])
+    columns = [column] + ([config.id_column] if has_ids else []) + [c for c in SAMPLING_COLUMNS if c in schema.names]
     with tqdm(total=total, desc="checking input", unit="row", disable=None) as bar:
         for first, batch in _batches(files, 4096, columns):
             if has_ids:
@@ -249,11 +249,12 @@ def plan_input(config: BatchConfig, tokenizer) -> InputPlan:
                     seen[key] = first + offset
             _, _, errors = tokenize_prompts(tokenizer, batch.column(column).to_pylist(), chat, config.max_model_len - 1)
             bad.update({first + i: e for i, e in enumerate(errors) if e is not None})
+            bad.update({row: why for row, why in check_overrides(config, first, batch).items() if row not in bad})
             bar.update(batch.num_rows)
     if bad and config.on_bad_row == "fail":
         row, why = min(bad.items())
         raise BatchError(
-            f"{len(bad)} bad prompt rows, first at row {row}: {why} (use --on-bad-row skip or record to continue)"
+            f"{len(bad)} bad rows, first at row {row}: {why} (use --on-bad-row skip or record to continue)"
         )
     return InputPlan(files, schema, column, chat, has_ids, total, bad)
 
@@ -348,6 +349,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def sampling_params_for(config: BatchConfig, row: int, overrides: dict[str, Any]):
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMError
 
     values = {
         "temperature": config.temperature,
@@ -362,7 +364,28 @@ def sampling_params_for(config: BatchConfig, row: int, overrides: dict[str, Any]
         raise BatchError(f"row {row}: temperature 0 with --n {config.n} (greedy decoding would repeat one completion)")
     if values["top_k"] == 0:
         values["top_k"] = -1
-    return SamplingParams(n=config.n, **values)
+    try:
+        return SamplingParams(n=config.n, **values)
+    except (ValueError, TypeError, VLLMError) as e:  # vLLM's own validation of one row's values
+        raise BatchError(f"row {row}: {str(e).strip().splitlines()[0]}") from None
+
+
+def row_overrides(batch: pa.RecordBatch, index: int) -> dict[str, Any]:
+    """Per-row sampling values from the input's optional SAMPLING_COLUMNS (None: the job's value)."""
+    return {k: batch.column(k)[index].as_py() for k in SAMPLING_COLUMNS if k in batch.schema.names}
+
+
+def check_overrides(config: BatchConfig, first_row: int, batch: pa.RecordBatch) -> dict[int, str]:
+    """Rows whose sampling values vLLM (or uld-batch) refuses, with why: found in the input plan, before any engine."""
+    if not any(k in batch.schema.names for k in SAMPLING_COLUMNS):
+        return {}
+    bad = {}
+    for i in range(batch.num_rows):
+        try:
+            sampling_params_for(config, first_row + i, row_overrides(batch, i))
+        except BatchError as e:
+            bad[first_row + i] = str(e).partition(": ")[2]
+    return bad
 
 
 def generate_table(
@@ -379,10 +402,8 @@ def generate_table(
     rows = [rows[i] for i in keep]
     values = batch.column(plan.prompt_column).to_pylist()
     token_ids, texts, errors = tokenize_prompts(tokenizer, values, plan.chat, config.max_model_len - 1)
-    overrides = [
-        {k: batch.column(k)[i].as_py() for k in SAMPLING_COLUMNS if k in batch.schema.names}
-        for i in range(batch.num_rows)
-    ]
+    overrides = [row_overrides(batch, i) for i in range(batch.num_rows)]
+    errors = [e or plan.bad.get(row) for e, row in zip(errors, rows, strict=True)]  # bad sampling values too
     todo = [i for i, e in enumerate(errors) if e is None]
     outputs = {}
     if todo:

@@ -137,7 +137,7 @@ def test_bad_inputs_fail_with_one_line_before_any_engine_starts(bundle, tmp_path
     pq.write_table(pa.table({"prompt": [1, 2]}), tmp_path / "ints.parquet")
     assert "must hold strings" in run_cli(capsys, "--input", str(tmp_path / "ints.parquet"), *args)
     pq.write_table(pa.table({"prompt": ["fine", None, ""]}), tmp_path / "nulls.parquet")
-    assert "2 bad prompt rows, first at row 1: null prompt" in run_cli(
+    assert "2 bad rows, first at row 1: null prompt" in run_cli(
         capsys, "--input", str(tmp_path / "nulls.parquet"), *args
     )
     pq.write_table(pa.table({"prompt": ["the author " * 200]}), tmp_path / "long.parquet")
@@ -185,3 +185,21 @@ def test_a_context_longer_than_the_models_is_one_line_naming_the_setting(bundle,
     args = ["--model", str(bundle), "--input", str(good), "--output", str(tmp_path / "out.parquet")]
     err = run_cli(capsys, *args, "--max-model-len", "100000")
     assert "--max-model-len 100000 exceeds the model's context of" in err and "max_position_embeddings" in err
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("temperature", -1.0, "temperature must be non-negative"),
+        ("top_p", 0.0, "top_p must be in (0, 1]"),
+        ("max_tokens", 0, "max_tokens must be at least 1"),
+        ("top_k", -5, "top_k must be 0 (disable), or at least 1"),
+    ],
+)
+def test_a_per_row_sampling_value_vllm_refuses_is_named_per_row_before_any_engine(
+    bundle, tmp_path, capsys, column, value, message
+):
+    path = write_prompts(tmp_path / "in.parquet", 4, **{column: pa.array([None, None, value, None])})
+    args = ["--model", str(bundle), "--input", str(path), "--output", str(tmp_path / "out.parquet")]
+    err = run_cli(capsys, *args)
+    assert f"1 bad rows, first at row 2: {message}" in err
