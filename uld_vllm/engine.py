@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +130,23 @@ def make_llm(
     if filter is not None:
         overrides["uld_filter"] = float(filter)
     kwargs = default_engine_kwargs() | engine_kwargs
-    return LLM(model=str(bundle), hf_overrides=overrides or None, **kwargs)
+    with engine_errors_as_one_line():
+        return LLM(model=str(bundle), hf_overrides=overrides or None, **kwargs)
+
+
+@contextmanager
+def engine_errors_as_one_line() -> Iterator[None]:
+    """What vLLM refuses while building its engine config (a context longer than the model's, an unknown dtype, ...)
+    reaches the user as one line naming the setting, instead of a 40-line pydantic traceback."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or e.title
+        message = " ".join(str(first.get("msg", e)).split())
+        raise UldError(f"vLLM refused the engine settings ({where}): {message}") from None
 
 
 def shutdown_llm(llm) -> None:

@@ -101,3 +101,14 @@ def test_pipeline_parallelism_is_refused_before_an_engine_starts(bundle_copy):
 
     with pytest.raises(BundleError, match="pipeline parallelism is not supported"):
         make_llm(bundle_copy, pipeline_parallel_size=2)
+
+
+def test_settings_vllm_refuses_at_engine_construction_are_one_line(bundle_copy):
+    from uld_vllm.engine import make_llm
+    from uld_vllm.errors import UldError
+
+    with pytest.raises(UldError) as refused:
+        make_llm(bundle_copy, check=False, max_model_len=100_000, enforce_eager=True, kv_cache_memory_bytes=32 << 20)
+    message = str(refused.value)
+    assert message.startswith("vLLM refused the engine settings") and "max_model_len" in message
+    assert "\n" not in message

@@ -113,7 +113,7 @@ class VllmBackend:
     def __init__(self, settings: EvalSettings, max_model_len: int, engine_kwargs: dict[str, Any]) -> None:
         from vllm import LLM
 
-        from uld_vllm.engine import default_engine_kwargs, make_llm
+        from uld_vllm.engine import default_engine_kwargs, engine_errors_as_one_line, make_llm
 
         kwargs = default_engine_kwargs() | {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0}
         kwargs |= {"dtype": settings.dtype} if settings.dtype else {}
@@ -122,7 +122,8 @@ class VllmBackend:
             # evaluate() ran preflight already (and a Ray replica's driver did).
             self.llm = make_llm(settings.model, settings.weight, settings.filter, check=False, **kwargs)
         else:
-            self.llm = LLM(model=settings.model, **kwargs)
+            with engine_errors_as_one_line():
+                self.llm = LLM(model=settings.model, **kwargs)
         self.progress = settings.progress
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
