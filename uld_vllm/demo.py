@@ -8,6 +8,7 @@ mini-TOFU target and a ULD assistant trained to forget the forget10 authors (see
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     args = parser.parse_args(argv)
     quiet_vllm(args.verbose)
+    # In-process engine cores: two engine starts in a few seconds each instead of a subprocess per engine.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     try:
         model = Path(args.model) if args.model else default_bundle()
         out = Path(args.output_dir)

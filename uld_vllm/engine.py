@@ -45,14 +45,15 @@ def default_dtype() -> str:
 
 
 def quiet_vllm(verbose: bool = False) -> None:
-    """Warnings and errors only from vLLM (its INFO lines, 80+ per engine start, drown our results) unless verbose.
+    """Errors only from vLLM unless verbose: its INFO lines (80+ per engine start) and its warnings for operators
+    (missing tcmalloc, thread binding, kernels re-registered by a second engine) drown our results.
 
     vLLM reads VLLM_LOGGING_LEVEL once, at import; the logger's level covers a vLLM imported earlier.
     """
     if verbose:
         return
-    os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
-    logging.getLogger("vllm").setLevel(logging.WARNING)
+    os.environ["VLLM_LOGGING_LEVEL"] = "ERROR"
+    logging.getLogger("vllm").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside vLLM/torch, not actionable here
 
 
