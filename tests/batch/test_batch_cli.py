@@ -125,7 +125,7 @@ def run_cli(capsys, *argv: str) -> str:
     return err
 
 
-def test_bad_inputs_fail_with_one_line_before_any_engine_starts(bundle, tmp_path, capsys):
+def test_bad_inputs_fail_with_one_line_before_any_engine_starts(bundle, tmp_path, capsys, monkeypatch):
     good = write_prompts(tmp_path / "in.parquet", 5)
     args = ["--model", str(bundle), "--output", str(tmp_path / "out.parquet")]
     assert "input not found" in run_cli(capsys, "--input", str(tmp_path / "missing.parquet"), *args)
@@ -150,7 +150,11 @@ def test_bad_inputs_fail_with_one_line_before_any_engine_starts(bundle, tmp_path
     assert "ULD bundle directory not found" in run_cli(
         capsys, "--input", str(good), "--model", str(tmp_path / "nobundle"), "--output", str(tmp_path / "o.parquet")
     )
-    assert "no --model given" in run_cli(capsys, "--input", str(good), "--output", str(tmp_path / "o.parquet"))
+    import uld_vllm.batch
+
+    monkeypatch.setattr(uld_vllm.batch, "DEFAULT_BUNDLE", tmp_path / "no-default")  # a checkout without it
+    no_model = run_cli(capsys, "--input", str(good), "--output", str(tmp_path / "o.parquet"))
+    assert "no --model given and the embedded default bundle is missing" in no_model
     pq.write_table(pa.table({"prompt": ["a"], "generated_text": ["x"]}), tmp_path / "clash.parquet")
     assert "clash" in run_cli(capsys, "--input", str(tmp_path / "clash.parquet"), *args)
 
