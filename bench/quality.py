@@ -25,7 +25,7 @@ from uld_train.config import TrainConfig  # noqa: E402
 from uld_train.default_model import ULD_RECIPE  # noqa: E402
 from uld_train.loop import train  # noqa: E402
 from uld_train.pretrain import build, study_models  # noqa: E402
-from uld_vllm.engine import DTYPES, default_dtype, quiet_vllm  # noqa: E402
+from uld_vllm.engine import DTYPES, quiet_vllm, resolve_dtype  # noqa: E402
 from uld_vllm.eval.metrics import RETAIN_LOG, aggregate, load_eval_logs  # noqa: E402
 from uld_vllm.eval.run import EvalSettings, evaluate  # noqa: E402
 from uld_vllm.machine import machine_info  # noqa: E402
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     args = parser.parse_args(argv)
     quiet_vllm(args.verbose)
-    args.dtype = args.dtype or default_dtype()
+    args.dtype = resolve_dtype(args.dtype)
     result = run_study(args)
     result["claims"] = claims(result)
     result["machine"] = machine_info(args.dtype)

@@ -25,7 +25,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 RESULTS = Path(__file__).parent / "results"
 
-from uld_vllm.engine import DTYPES, default_dtype  # noqa: E402  (after the vLLM environment above)
+from uld_vllm.engine import DTYPES, resolve_dtype  # noqa: E402  (after the vLLM environment above)
 from uld_vllm.machine import machine_info  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="out/bench-models", help="where the random bench models are built")
     parser.add_argument("--quick", action="store_true", help="small shape and sizes: checks the script, not speed")
     args = parser.parse_args(argv)
-    args.dtype = args.dtype or default_dtype()
+    args.dtype = resolve_dtype(args.dtype)
     if args.dtype == "auto":  # CUDA: the HF reference needs a concrete dtype too
         args.dtype = "bfloat16"
     if args.quick:

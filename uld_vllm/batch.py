@@ -527,10 +527,9 @@ def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     if config.n > 1 and config.temperature == 0.0:
         raise BatchError("--n > 1 needs sampling (--temperature > 0): greedy decoding would repeat one completion")
     bundle = Path(config.model) if config.model else default_bundle()
-    from uld_vllm.engine import check_dtype, default_dtype, preflight
+    from uld_vllm.engine import preflight, resolve_dtype
 
-    # Resolved now, so the resume record holds the dtype actually used (the default depends on the CPU).
-    config = replace(config, dtype=check_dtype(config.dtype, "--dtype") if config.dtype else default_dtype())
+    config = replace(config, dtype=resolve_dtype(config.dtype))  # the resume record holds the dtype that ran
 
     config = replace(
         config, max_model_len=context_length(preflight(bundle, config.weight, config.filter).config, config)

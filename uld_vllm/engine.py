@@ -57,6 +57,12 @@ def quiet_vllm(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside vLLM/torch, not actionable here
 
 
+def resolve_dtype(dtype: str | None) -> str:
+    """The dtype a command runs with: the one it was given (checked), else the default; resolved once, up front, so
+    what a job records (uld-batch's resume record, uld-eval's run.json, bench results) is what actually ran."""
+    return check_dtype(dtype, "--dtype") if dtype else default_dtype()
+
+
 def default_engine_kwargs() -> dict[str, Any]:
     # On CPU, gpu_memory_utilization is the fraction of host memory given to vLLM (KV cache included).
     return {"dtype": default_dtype(), "gpu_memory_utilization": 0.85 if has_cuda() else 0.3}

@@ -159,10 +159,10 @@ class ReferenceBackend:
     def __init__(self, settings: EvalSettings, eos_token_id: int | None) -> None:
         import torch
 
-        from uld_vllm.engine import default_dtype
+        from uld_vllm.engine import resolve_dtype
         from uld_vllm.reference import ReferenceDecoder
 
-        dtype = settings.dtype or default_dtype()
+        dtype = resolve_dtype(settings.dtype)
         torch_dtype = getattr(torch, "float32" if dtype == "auto" else dtype)
         if is_bundle(settings.model):
             self.decoder = ReferenceDecoder.from_bundle(settings.model, settings.weight, settings.filter, torch_dtype)
@@ -294,10 +294,9 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     """Check everything that can fail cheaply, then evaluate all four splits and (optionally) write the logs."""
     from transformers import AutoTokenizer
 
-    from uld_vllm.engine import check_dtype, default_dtype
+    from uld_vllm.engine import resolve_dtype
 
-    # Resolved here so run.json records the dtype actually used (the default depends on the CPU).
-    settings = replace(settings, dtype=check_dtype(settings.dtype, "--dtype") if settings.dtype else default_dtype())
+    settings = replace(settings, dtype=resolve_dtype(settings.dtype))  # run.json records the dtype that ran
     if settings.max_new_tokens < 1 or settings.num_replicas < 1 or settings.reference_batch_size < 1:
         raise EvalError("--max-new-tokens, --num-replicas and --reference-batch-size must be >= 1")
     if settings.ray and settings.backend != "vllm":
