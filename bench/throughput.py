@@ -71,9 +71,9 @@ def time_reference(reference, batch: list[list[int]], new_tokens: int) -> float:
 def run_engine(model_dir: Path, batch_sizes: list[int], new_tokens: int, args, uld: bool) -> dict[int, float]:
     from tqdm import tqdm
 
-    from uld_vllm.engine import default_engine_kwargs, make_llm, shutdown_llm
+    from uld_vllm.engine import default_llm_kwargs, make_llm, shutdown_llm
 
-    kwargs = default_engine_kwargs() | {
+    kwargs = default_llm_kwargs() | {
         "dtype": args.dtype,
         "max_model_len": args.prompt_len + new_tokens + 8,
         "skip_tokenizer_init": True,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from helpers import edit_json, edit_tensors, refusal
+from safetensors.torch import load_file
 
 from uld_vllm.bundle import ARCHITECTURE, BundleError, assistant_layer_tensors, build_bundle, main, read_bundle
 from uld_vllm.testing import build_full_assistant, build_lora_assistant, build_target, build_tokenizer
@@ -22,28 +23,6 @@ def ingredients(bundle: Path, tmp_path: Path) -> tuple[Path, Path]:
     shutil.copytree(bundle.parent / "target", target)
     shutil.copytree(bundle.parent / "assistant", assistant)
     return target, assistant
-
-
-def edit_json(path: Path, **changes) -> None:
-    data = json.loads(path.read_text())
-    data.update(changes)
-    path.write_text(json.dumps(data))
-
-
-def edit_tensors(path: Path, edit) -> None:
-    tensors = load_file(path)
-    edit(tensors)
-    save_file(tensors, path)
-
-
-def refusal(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    """Run the CLI expecting a refusal; returns the one-line message after the `uld-bundle: error: ` prefix."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("uld-bundle: error: ") and err.endswith("\n")
-    message = err[len("uld-bundle: error: ") : -1]
-    assert message and "\n" not in message
-    return message
 
 
 def cli(target: Path, assistant: Path, output: Path, *extra: str) -> list[str]:
@@ -164,7 +143,7 @@ def test_refuses_mismatched_vocab_sizes(llama_bundle: Path, tmp_path: Path, caps
     tokenizer = build_tokenizer(tmp_path / "tokenizer", vocab_size=600)
     other = build_target(tmp_path / "other", tokenizer_dir=tokenizer)
     assistant = build_full_assistant(other, tmp_path / "assistant", layers=2)
-    message = refusal(capsys, cli(llama_bundle.parent / "target", assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(llama_bundle.parent / "target", assistant, tmp_path / "out"))
     assert message == "vocab mismatch: target has 512 tokens, assistant 600"
     assert not (tmp_path / "out").exists()
 
@@ -172,7 +151,7 @@ def test_refuses_mismatched_vocab_sizes(llama_bundle: Path, tmp_path: Path, caps
 def test_refuses_an_assistant_with_a_different_tokenizer(llama_bundle: Path, tmp_path: Path, capsys) -> None:
     _, assistant = ingredients(llama_bundle, tmp_path)
     build_tokenizer(assistant, seed=1)  # same size, different merges: ids mean other strings
-    message = refusal(capsys, cli(llama_bundle.parent / "target", assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(llama_bundle.parent / "target", assistant, tmp_path / "out"))
     assert message.startswith(f"assistant tokenizer in {assistant} differs from the target's (")
     assert message.endswith("vocabulary entries differ)")
 
@@ -188,53 +167,53 @@ def test_refuses_a_full_assistant_deeper_than_the_target(
     llama_bundle: Path, deep_target: Path, tmp_path: Path, capsys
 ) -> None:
     assistant = build_full_assistant(deep_target, tmp_path / "assistant", layers=5)
-    message = refusal(capsys, cli(llama_bundle.parent / "target", assistant, tmp_path / "out"))
-    assert message == "assistant has 5 layers, deeper than the target's 4"
+    message = refusal(capsys, main, *cli(llama_bundle.parent / "target", assistant, tmp_path / "out"))
+    assert message == "assistant layers K=5 out of range: the target has 4 layers (1 <= K <= 4)"
 
 
 def test_refuses_a_lora_adapter_deeper_than_the_target(
     llama_bundle: Path, deep_target: Path, tmp_path: Path, capsys
 ) -> None:
     adapter = build_lora_assistant(deep_target, tmp_path / "adapter", layers=6)
-    message = refusal(capsys, cli(llama_bundle.parent / "target", adapter, tmp_path / "out"))
-    assert message == "assistant has 6 layers, deeper than the target's 4"
+    message = refusal(capsys, main, *cli(llama_bundle.parent / "target", adapter, tmp_path / "out"))
+    assert message == "assistant layers K=6 out of range: the target has 4 layers (1 <= K <= 4)"
 
 
 def test_refuses_layers_beyond_the_target_or_short_of_the_adapter(llama_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = llama_bundle.parent / "target", llama_bundle.parent / "assistant"
     assert (
-        refusal(capsys, cli(target, assistant, tmp_path / "a", "--layers", "5"))
-        == "assistant has 5 layers, deeper than the target's 4"
+        refusal(capsys, main, *cli(target, assistant, tmp_path / "a", "--layers", "5"))
+        == "assistant layers K=5 out of range: the target has 4 layers (1 <= K <= 4)"
     )
-    assert refusal(capsys, cli(target, assistant, tmp_path / "b", "--layers", "1")) == (
+    assert refusal(capsys, main, *cli(target, assistant, tmp_path / "b", "--layers", "1")) == (
         "--layers 1 is shallower than the adapter, which touches 2 layers"
     )
 
 
 def test_refuses_layers_that_contradict_a_full_assistant(llama_full_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = llama_full_bundle.parent / "target", llama_full_bundle.parent / "assistant"
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out", "--layers", "3"))
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out", "--layers", "3"))
     assert message == "--layers 3 differs from the assistant checkpoint's 2 layers"
 
 
 def test_refuses_an_unknown_target_family(llama_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = ingredients(llama_bundle, tmp_path)
     edit_json(target / "config.json", model_type="gpt2")
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
     assert message == "target model family 'gpt2' is not supported (supported: llama, mistral, qwen2)"
 
 
 def test_refuses_an_unknown_assistant_family(llama_full_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = ingredients(llama_full_bundle, tmp_path)
     edit_json(assistant / "config.json", model_type="gpt2")
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
     assert message == "assistant model family 'gpt2' is not supported (supported: llama, mistral, qwen2)"
 
 
 def test_refuses_an_assistant_of_another_supported_family(llama_full_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = ingredients(llama_full_bundle, tmp_path)
     edit_json(assistant / "config.json", model_type="mistral")
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
     assert message == "assistant family 'mistral' differs from the target's 'llama'"
 
 
@@ -242,26 +221,26 @@ def test_refuses_missing_directories(llama_bundle: Path, tmp_path: Path, capsys)
     target, assistant = llama_bundle.parent / "target", llama_bundle.parent / "assistant"
     nowhere = tmp_path / "nowhere"
     assert (
-        refusal(capsys, cli(nowhere, assistant, tmp_path / "out"))
+        refusal(capsys, main, *cli(nowhere, assistant, tmp_path / "out"))
         == f"target checkpoint directory not found: {nowhere}"
     )
-    assert refusal(capsys, cli(target, nowhere, tmp_path / "out")) == f"assistant directory not found: {nowhere}"
+    assert refusal(capsys, main, *cli(target, nowhere, tmp_path / "out")) == f"assistant directory not found: {nowhere}"
     assert not (tmp_path / "out").exists()
 
 
 def test_refuses_a_target_without_config_weights_or_tokenizer(llama_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = ingredients(llama_bundle, tmp_path)
     (target / "tokenizer.json").unlink()
-    assert refusal(capsys, cli(target, assistant, tmp_path / "out")) == (
+    assert refusal(capsys, main, *cli(target, assistant, tmp_path / "out")) == (
         f"target {target} has no tokenizer files (tokenizer.json or tokenizer.model)"
     )
     (target / "model.safetensors").unlink()
-    assert refusal(capsys, cli(target, assistant, tmp_path / "out")) == (
+    assert refusal(capsys, main, *cli(target, assistant, tmp_path / "out")) == (
         f"no *.safetensors weights in {target} (convert the checkpoint to safetensors)"
     )
     (target / "config.json").unlink()
     assert (
-        refusal(capsys, cli(target, assistant, tmp_path / "out"))
+        refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
         == f"target config not found: {target / 'config.json'}"
     )
 
@@ -271,7 +250,7 @@ def test_refuses_an_assistant_that_is_neither_adapter_nor_checkpoint(
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    message = refusal(capsys, cli(llama_bundle.parent / "target", empty, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(llama_bundle.parent / "target", empty, tmp_path / "out"))
     assert message == (
         f"assistant {empty} is neither a PEFT adapter (adapter_config.json) nor an HF checkpoint (config.json)"
     )
@@ -280,12 +259,12 @@ def test_refuses_an_assistant_that_is_neither_adapter_nor_checkpoint(
 def test_refuses_an_adapter_without_weights(llama_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = ingredients(llama_bundle, tmp_path)
     (assistant / "adapter_model.safetensors").unlink()
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
     assert message == f"assistant adapter weights missing: {assistant / 'adapter_model.safetensors'}"
 
 
 def test_refuses_a_target_that_is_already_a_bundle(llama_bundle: Path, tmp_path: Path, capsys) -> None:
-    message = refusal(capsys, cli(llama_bundle, llama_bundle.parent / "assistant", tmp_path / "out"))
+    message = refusal(capsys, main, *cli(llama_bundle, llama_bundle.parent / "assistant", tmp_path / "out"))
     assert message == f"target {llama_bundle} is itself a ULD bundle; pass the plain target checkpoint"
 
 
@@ -300,7 +279,7 @@ def test_refuses_non_finite_full_assistant_weights_and_writes_nothing(
 
     edit_tensors(assistant / "model.safetensors", poison)
     out = tmp_path / "out"
-    message = refusal(capsys, cli(target, assistant, out))
+    message = refusal(capsys, main, *cli(target, assistant, out))
     assert message == "assistant weight model.layers.1.mlp.up_proj.weight contains NaN or inf"
     assert not out.exists() and not list(tmp_path.glob("*.partial"))  # a refused bundle is not left behind
 
@@ -312,8 +291,8 @@ def test_refuses_nan_in_a_lora_adapter(llama_bundle: Path, tmp_path: Path, capsy
         tensors["base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"][0, 0] = float("nan")
 
     edit_tensors(assistant / "adapter_model.safetensors", poison)
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out"))
-    assert message == "assistant weight model.layers.0.self_attn.v_proj.weight contains NaN or inf"
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
+    assert message == "assistant adapter weight model.layers.0.self_attn.v_proj.weight (LoRA B) contains NaN or inf"
     assert not (tmp_path / "out").exists()
 
 
@@ -324,7 +303,7 @@ def test_a_refused_build_keeps_an_existing_output(llama_full_bundle: Path, tmp_p
     edit_tensors(
         assistant / "model.safetensors", lambda t: t["model.layers.0.input_layernorm.weight"].fill_(float("nan"))
     )
-    refusal(capsys, cli(target, assistant, out))
+    refusal(capsys, main, *cli(target, assistant, out))
     assert assistant_layer_tensors(read_bundle(out))  # the good bundle from the first build is intact
 
 
@@ -334,14 +313,14 @@ def test_refuses_a_full_assistant_whose_shared_tensors_differ(
 ) -> None:
     target, assistant = ingredients(llama_full_bundle, tmp_path)
     edit_tensors(assistant / "model.safetensors", lambda t: t[name].mul_(1.01))
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
     assert message == f"assistant {name} differs from the target's: ULD shares embeddings, final norm and LM head"
 
 
 def test_refuses_a_full_assistant_of_another_width(llama_full_bundle: Path, tmp_path: Path, capsys) -> None:
     target, assistant = ingredients(llama_full_bundle, tmp_path)
     edit_json(assistant / "config.json", intermediate_size=64)
-    message = refusal(capsys, cli(target, assistant, tmp_path / "out"))
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "out"))
     assert message == "assistant intermediate_size=64 differs from the target's 320"
 
 
@@ -359,7 +338,7 @@ def test_refuses_bad_weight_or_filter(
     flag: str, value: str, expected: str, llama_bundle: Path, tmp_path: Path, capsys
 ) -> None:
     argv = cli(llama_bundle.parent / "target", llama_bundle.parent / "assistant", tmp_path / "out", flag, value)
-    assert refusal(capsys, argv) == expected
+    assert refusal(capsys, main, *argv) == expected
     assert not (tmp_path / "out").exists()
 
 
@@ -381,7 +360,7 @@ def test_read_bundle_refuses_a_missing_directory(tmp_path: Path) -> None:
     ("uld", "expected"),
     [
         ({"assistant_layers": 2, "filter": 1.5}, r"ULD filter must be in \[0, 1\), got 1.5"),
-        ({"assistant_layers": 9}, "uld.assistant_layers=9 out of range for a 4-layer target"),
+        ({"assistant_layers": 9}, r"assistant layers K=9 out of range: the target has 4 layers \(1 <= K <= 4\)"),
         ({"assistant_layers": 2, "assistant_format": "gguf"}, "uld.assistant_format must be 'full' or 'lora'"),
         ({"assistant_layers": 2, "version": 2}, "bundle format version 2 is not supported"),
         ({"assistant_layers": 2, "colour": "red"}, "bad 'uld' section in"),

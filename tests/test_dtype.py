@@ -6,6 +6,7 @@ Exercised with both flag sets these machines have (AVX2-only EPYC, AVX-512 with 
 from __future__ import annotations
 
 import pytest
+from helpers import refusal
 
 from uld_vllm import engine, machine
 from uld_vllm.batch import main
@@ -29,7 +30,7 @@ def test_default_dtype_follows_the_flags_without_a_gpu(monkeypatch, flags, want)
     monkeypatch.setattr(engine, "has_cuda", lambda: False)
     monkeypatch.setattr(engine, "cpu_flags", lambda: flags)
     assert engine.default_dtype() == want
-    assert engine.default_engine_kwargs()["dtype"] == want
+    assert engine.default_llm_kwargs()["dtype"] == want
 
 
 def test_default_dtype_on_cuda_is_the_checkpoints(monkeypatch):
@@ -56,9 +57,7 @@ def test_a_bad_environment_value_is_one_line(monkeypatch):
 def test_uld_batch_reports_a_bad_environment_dtype_in_one_line(monkeypatch, capsys, llama_bundle, tmp_path):
     monkeypatch.setenv(engine.DTYPE_ENV, "fp8")
     argv = ["--model", str(llama_bundle), "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "o")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "uld-batch: error: $ULD_DTYPE dtype 'fp8' is not one of auto, float32, bfloat16, float16"
+    assert refusal(capsys, main, *argv) == "$ULD_DTYPE dtype 'fp8' is not one of auto, float32, bfloat16, float16"
 
 
 def test_machine_info_records_the_speed_flags_and_dtype():

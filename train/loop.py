@@ -33,7 +33,7 @@ from uld_train.models import (
     logits,
     target_config,
 )
-from uld_vllm.assistant import AssistantError
+from uld_vllm.assistant import AssistantError, check_depth
 from uld_vllm.bundle import BundleError, build_bundle, check_weight_filter
 
 LOG_NAME = "train_log.jsonl"
@@ -125,11 +125,7 @@ def train(config: TrainConfig) -> TrainResult:
     depth = target_config(config.target).num_hidden_layers
     layers = None
     if method.trains_assistant:
-        layers = config.layers if config.layers is not None else default_layers(depth)
-        if not 1 <= layers <= depth:
-            raise TrainError(
-                f"assistant layers K={layers} out of range: the target has {depth} layers (1 <= K <= {depth})"
-            )
+        layers = check_depth(config.layers if config.layers is not None else default_layers(depth), depth)
 
     # ---- data: forget pairs (+ paraphrases); retain pairs (+ their perturbed answers where the method wants ignorance).
     # The forget file's perturbed answers are never trained on: TOFU's truth ratio evaluates exactly those.

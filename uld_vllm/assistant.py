@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +19,10 @@ from transformers import PretrainedConfig
 
 from uld_vllm.errors import UldError
 
-# Families whose decoder layers are `model.layers.{i}` with q/k/v/o + gate/up/down projections.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# The one table of supported families: HF model_type -> the vLLM model class (in vllm.model_executor.models.<type>)
+# that ULDForCausalLM instantiates twice. All have decoder layers `model.layers.{i}` with q/k/v/o + gate/up/down.
+FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 # LoRA goes on every linear layer of the K layers, never on lm_head or embeddings (reference config).
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -45,14 +48,20 @@ def check_family(config: PretrainedConfig | dict, what: str = "target") -> str:
     return model_type
 
 
-def assistant_config(target_config: PretrainedConfig, layers: int) -> PretrainedConfig:
-    """The target's config cut to `layers` decoder layers, per-layer lists (e.g. Qwen2's layer_types) included."""
-    check_family(target_config)
-    depth = target_config.num_hidden_layers
+def check_depth(layers: int, depth: int) -> int:
+    """The assistant is the target's first K layers: 1 <= K <= the target's depth."""
     if not 1 <= layers <= depth:
         raise AssistantError(
             f"assistant layers K={layers} out of range: the target has {depth} layers (1 <= K <= {depth})"
         )
+    return layers
+
+
+def assistant_config(target_config: PretrainedConfig, layers: int) -> PretrainedConfig:
+    """The target's config cut to `layers` decoder layers, per-layer lists (e.g. Qwen2's layer_types) included."""
+    check_family(target_config)
+    depth = target_config.num_hidden_layers
+    check_depth(layers, depth)
     config = copy.deepcopy(target_config)
     for key, value in config.to_dict().items():
         if isinstance(value, list) and len(value) == depth and key != "architectures":
@@ -119,28 +128,66 @@ def read_adapter_weights(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
 _LORA_NAME = re.compile(r"^(?:base_model\.model\.)?(model\.layers\.\d+\..+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 
 
-def lora_deltas(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Per base weight name, the dense update scaling * B @ A (float32), from a PEFT LoRA adapter directory."""
+@dataclass(frozen=True)
+class LoraPair:
+    """One LoRA update of a base weight: delta = scaling * B @ A."""
+
+    a: torch.Tensor  # (r, in)
+    b: torch.Tensor  # (out, r)
+    scaling: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.b.shape[0], self.a.shape[1])
+
+    def delta(self) -> torch.Tensor:
+        return self.scaling * (self.b.float() @ self.a.float())  # (out, r) @ (r, in), float32
+
+
+def lora_pairs(adapter_dir: str | Path) -> dict[str, LoraPair]:
+    """Per base weight name, its LoRA pair, from a PEFT LoRA adapter directory."""
     config = read_adapter_config(adapter_dir)
     rank = config["r"]
     scaling = config["lora_alpha"] / (rank**0.5 if config.get("use_rslora") else rank)
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    halves: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in read_adapter_weights(adapter_dir).items():
         match = _LORA_NAME.match(name)
         if match is None:
             raise AssistantError(f"assistant adapter tensor {name!r} is not a LoRA weight of a decoder layer")
-        pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
-    deltas = {}
-    for module, pair in pairs.items():
-        if set(pair) != {"A", "B"}:
+        halves.setdefault(match.group(1), {})[match.group(2)] = tensor
+    pairs = {}
+    for module, half in halves.items():
+        if set(half) != {"A", "B"}:
             raise AssistantError(f"assistant adapter has an incomplete LoRA pair for {module}")
-        deltas[f"{module}.weight"] = scaling * (pair["B"].float() @ pair["A"].float())  # (out, r) @ (r, in)
-    return deltas
+        pairs[f"{module}.weight"] = LoraPair(half["A"], half["B"], scaling)
+    return pairs
+
+
+def check_adapter(adapter_dir: str | Path, base_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, LoraPair]:
+    """The adapter's pairs, each checked against the base weight it updates: among the assistant's layers
+    (`base_shapes`: name -> shape, e.g. from safetensors headers), the same shape, finite. Cheap: reads the adapter only."""
+    pairs = lora_pairs(adapter_dir)
+    for name, pair in pairs.items():
+        if name not in base_shapes:
+            raise AssistantError(f"assistant adapter updates {name}, which is not among the assistant's layers")
+        if pair.shape != tuple(base_shapes[name]):
+            raise AssistantError(
+                f"assistant adapter update for {name} has shape {pair.shape}, the weight {tuple(base_shapes[name])}"
+            )
+        check_finite(f"{name} (LoRA A)", pair.a, "assistant adapter")
+        check_finite(f"{name} (LoRA B)", pair.b, "assistant adapter")
+    return pairs
+
+
+def check_finite(name: str, tensor: torch.Tensor, what: str) -> None:
+    """The one NaN/inf check, run on each weight as it is loaded (never in a separate pass over the checkpoint)."""
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise AssistantError(f"{what} weight {name} contains NaN or inf")
 
 
 def adapter_depth(adapter_dir: str | Path) -> int:
     """K implied by an adapter: one past the deepest layer it touches."""
-    indices = [layer_index(name) for name in lora_deltas(adapter_dir)]
+    indices = [layer_index(name) for name in lora_pairs(adapter_dir)]
     if not indices:
         raise AssistantError(f"assistant adapter in {adapter_dir} holds no LoRA weights")
     return max(i for i in indices if i is not None) + 1
@@ -149,12 +196,6 @@ def adapter_depth(adapter_dir: str | Path) -> int:
 def merge_lora(base: dict[str, torch.Tensor], adapter_dir: str | Path) -> dict[str, torch.Tensor]:
     """Base layer tensors with the adapter's updates added (new tensors; base's dtype kept)."""
     merged = dict(base)
-    for name, delta in lora_deltas(adapter_dir).items():
-        if name not in base:
-            raise AssistantError(f"assistant adapter updates {name}, which is not among the assistant's layers")
-        if base[name].shape != delta.shape:
-            raise AssistantError(
-                f"assistant adapter update for {name} has shape {tuple(delta.shape)}, the weight {tuple(base[name].shape)}"
-            )
-        merged[name] = (base[name].float() + delta).to(base[name].dtype)
+    for name, pair in check_adapter(adapter_dir, {n: tuple(t.shape) for n, t in base.items()}).items():
+        merged[name] = (base[name].float() + pair.delta()).to(base[name].dtype)
     return merged

@@ -22,13 +22,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from uld_vllm.assistant import (
     AssistantError,
     adapter_depth,
     assistant_config,
+    check_adapter,
+    check_depth,
     check_family,
+    check_finite,
     layer_index,
     merge_lora,
     read_adapter_config,
@@ -124,23 +128,64 @@ def read_bundle(path: str | Path) -> Bundle:
     try:
         settings = ULDSettings(**config["uld"]).validated()
         check_family(config)
+        check_depth(settings.assistant_layers, config["num_hidden_layers"])
+        safetensors_files(path)
     except TypeError as e:
         raise BundleError(f"bad 'uld' section in {path}/config.json: {e}") from None
     except AssistantError as e:
         raise BundleError(str(e)) from None
-    if not 1 <= settings.assistant_layers <= config["num_hidden_layers"]:
-        raise BundleError(
-            f"uld.assistant_layers={settings.assistant_layers} out of range for a {config['num_hidden_layers']}-layer target"
-        )
-    safetensors_files(path)
     marker = "adapter_config.json" if settings.assistant_format == "lora" else "config.json"
     if not (path / ASSISTANT_DIR / marker).exists():
         raise BundleError(f"bundle assistant missing: {path / ASSISTANT_DIR / marker}")
     return Bundle(path=path, config=config, settings=settings)
 
 
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")  # shared tensors with one row per token
+
+
+def weight_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from the safetensors headers only (no tensor data is read)."""
+    shapes = {}
+    for path in safetensors_files(directory):
+        with safe_open(str(path), framework="pt") as f:
+            shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+    return shapes
+
+
+def check_vocab(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> None:
+    """config.json's vocab_size against the embedding/LM-head rows and the tokenizer's largest id."""
+    vocab = bundle.config["vocab_size"]
+    for name in VOCAB_TENSORS:
+        if name in shapes and shapes[name][0] != vocab:
+            raise BundleError(f"vocab mismatch: config says {vocab} tokens, {name} has {shapes[name][0]} rows")
+    ids = tokenizer_vocab(bundle.path)
+    if ids and max(ids.values()) >= vocab:
+        raise BundleError(
+            f"vocab mismatch: the tokenizer has token id {max(ids.values())}, the model only {vocab} rows"
+        )
+
+
+def check_assistant_fits(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The assistant's layers against the target's shapes (`shapes`, from headers): a LoRA adapter is read and checked
+    whole (it is small); a full assistant by its headers. Its weights' values are checked when the engine loads them."""
+    layers = bundle.settings.assistant_layers
+    own = {n: s for n, s in shapes.items() if (i := layer_index(n)) is not None and i < layers}
+    try:
+        if bundle.settings.assistant_format == "lora":
+            check_adapter(bundle.assistant_dir, own)
+            return
+        for name, shape in weight_shapes(bundle.assistant_dir).items():
+            if name not in own:
+                raise BundleError(f"assistant weight {name} has no counterpart in the target (bundle/target mismatch)")
+            if shape != own[name]:
+                raise BundleError(f"assistant weight {name} has shape {shape}, the target's {own[name]}")
+    except AssistantError as e:
+        raise BundleError(str(e)) from None
+
+
 def assistant_layer_tensors(bundle: Bundle) -> dict[str, torch.Tensor]:
-    """HF-named tensors of the assistant's decoder layers 0..K-1 (LoRA merged), without the shared tensors."""
+    """HF-named tensors of the assistant's decoder layers 0..K-1 (LoRA merged), without the shared tensors; what the
+    engine loads, checked as it is read (a LoRA's base layers are the target's, checked as the target streams)."""
     layers = bundle.settings.assistant_layers
 
     def in_assistant(name: str) -> bool:
@@ -148,26 +193,21 @@ def assistant_layer_tensors(bundle: Bundle) -> dict[str, torch.Tensor]:
         return index is not None and index < layers
 
     try:
-        if bundle.settings.assistant_format == "full":
-            tensors = read_tensors(bundle.assistant_dir, in_assistant)
-        else:
-            tensors = merge_lora(read_tensors(bundle.path, in_assistant), bundle.assistant_dir)
+        if bundle.settings.assistant_format == "lora":
+            return merge_lora(read_tensors(bundle.path, in_assistant), bundle.assistant_dir)
+        tensors = read_tensors(bundle.assistant_dir, in_assistant)
+        for name, tensor in tensors.items():
+            check_finite(name, tensor, "assistant")
+        return tensors
     except AssistantError as e:
         raise BundleError(str(e)) from None
-    check_finite(tensors, "assistant")
-    return tensors
-
-
-def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise BundleError(f"{what} weight {name} contains NaN or inf")
 
 
 # ----------------------------------------------------------------------------------------------------------- builder
 
 
-def _tokenizer_vocab(directory: Path) -> dict[str, int] | None:
+def tokenizer_vocab(directory: Path) -> dict[str, int] | None:
+    """token -> id from tokenizer.json (added tokens included); None without one."""
     path = directory / "tokenizer.json"
     if not path.exists():
         return None
@@ -178,7 +218,7 @@ def _tokenizer_vocab(directory: Path) -> dict[str, int] | None:
 
 
 def _check_tokenizers(target: Path, assistant: Path) -> None:
-    ours, theirs = _tokenizer_vocab(target), _tokenizer_vocab(assistant)
+    ours, theirs = tokenizer_vocab(target), tokenizer_vocab(assistant)
     if ours is not None and theirs is not None and ours != theirs:
         diff = len(set(ours.items()) ^ set(theirs.items()))
         raise BundleError(
@@ -200,11 +240,7 @@ def _check_full_assistant(target_dir: Path, target_config: dict, assistant_dir: 
     for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size"):
         if config.get(key) != target_config.get(key):
             raise BundleError(f"assistant {key}={config.get(key)} differs from the target's {target_config.get(key)}")
-    layers = config["num_hidden_layers"]
-    if layers > target_config["num_hidden_layers"]:
-        raise BundleError(
-            f"assistant has {layers} layers, deeper than the target's {target_config['num_hidden_layers']}"
-        )
+    layers = check_depth(config["num_hidden_layers"], target_config["num_hidden_layers"])
     shared_target = read_tensors(target_dir, lambda n: layer_index(n) is None)
     shared_assistant = read_tensors(assistant_dir, lambda n: layer_index(n) is None)
     for name, tensor in shared_assistant.items():
@@ -261,10 +297,7 @@ def build_bundle(
             raise BundleError(
                 f"assistant {assistant} is neither a PEFT adapter (adapter_config.json) nor an HF checkpoint (config.json)"
             )
-        if layers > target_config["num_hidden_layers"]:
-            raise BundleError(
-                f"assistant has {layers} layers, deeper than the target's {target_config['num_hidden_layers']}"
-            )
+        check_depth(layers, target_config["num_hidden_layers"])
     except AssistantError as e:
         raise BundleError(str(e)) from None
 

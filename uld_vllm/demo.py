@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from uld_vllm.batch import BatchConfig, default_bundle, run
+from uld_vllm.batch import BatchConfig, run
+from uld_vllm.batch.config import default_bundle
 from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
 from uld_vllm.errors import UldError
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(args.model) if args.model else default_bundle()
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        options = {"max_tokens": args.max_tokens, "dtype": args.dtype, "engine_kwargs": {"enforce_eager": True}}
+        options = {"max_tokens": args.max_tokens, "dtype": args.dtype, "engine_args": {"enforce_eager": True}}
         target = answers(model, Path(args.input), out / "target.parquet", 0.0, options)
         uld = answers(model, Path(args.input), out / "uld.parquet", None, options)
     except UldError as e:

@@ -6,7 +6,6 @@ must fail before an engine starts, overrides for weight and filter, and defaults
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -16,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
-from uld_vllm.assistant import safetensors_files
-from uld_vllm.bundle import Bundle, BundleError, assistant_layer_tensors, check_weight_filter, read_bundle
+from uld_vllm.bundle import (
+    Bundle,
+    BundleError,
+    check_assistant_fits,
+    check_vocab,
+    check_weight_filter,
+    read_bundle,
+    weight_shapes,
+)
 from uld_vllm.errors import UldError
 from uld_vllm.machine import cpu_dtype, cpu_flags
 
@@ -63,54 +68,22 @@ def resolve_dtype(dtype: str | None) -> str:
     return check_dtype(dtype, "--dtype") if dtype else default_dtype()
 
 
-def default_engine_kwargs() -> dict[str, Any]:
+def default_llm_kwargs() -> dict[str, Any]:
     # On CPU, gpu_memory_utilization is the fraction of host memory given to vLLM (KV cache included).
     return {"dtype": default_dtype(), "gpu_memory_utilization": 0.85 if has_cuda() else 0.3}
 
 
-def preflight(
-    bundle: str | Path, weight: float | None = None, filter: float | None = None, check_weights: bool = True
-) -> Bundle:
-    """Every check that can fail before an engine starts: format, family, K, shapes, vocab, finite weights.
-
-    Target tensors are read one at a time (a 70B target never sits in memory twice); only the assistant's K layers
-    are held, as the engine will hold them.
-    """
+def preflight(bundle: str | Path, weight: float | None = None, filter: float | None = None) -> Bundle:
+    """The cheap checks that can fail before an engine starts: config, family, K, weight/filter, tensor shapes (from
+    the safetensors headers), vocab, tokenizer, adapter. No weight data of the target is read here: NaN/inf are
+    refused as vLLM streams the weights in (`ULDForCausalLM.load_weights`), so a 70B target is read once."""
     bundle = read_bundle(bundle)
     s = bundle.settings
     check_weight_filter(s.weight if weight is None else weight, s.filter if filter is None else filter)
-    _check_tokenizer_fits(bundle)
-    layers = assistant_layer_tensors(bundle)  # merges LoRA; refuses NaN and mis-shaped adapters
-    vocab = bundle.config["vocab_size"]
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path in safetensors_files(bundle.path):
-        with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
-                shapes[name] = tuple(f.get_slice(name).get_shape())
-                if ("embed_tokens" in name or "lm_head" in name) and shapes[name][0] != vocab:
-                    raise BundleError(f"vocab mismatch: config says {vocab} tokens, {name} has {shapes[name][0]} rows")
-                if check_weights:
-                    tensor = f.get_tensor(name)
-                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                        raise BundleError(f"target weight {name} contains NaN or inf")
-    for name, tensor in layers.items():
-        if name not in shapes:
-            raise BundleError(f"assistant weight {name} has no counterpart in the target (bundle/target mismatch)")
-        if tuple(tensor.shape) != shapes[name]:
-            raise BundleError(f"assistant weight {name} has shape {tuple(tensor.shape)}, the target's {shapes[name]}")
+    shapes = weight_shapes(bundle.path)
+    check_vocab(bundle, shapes)
+    check_assistant_fits(bundle, shapes)
     return bundle
-
-
-def _check_tokenizer_fits(bundle: Bundle) -> None:
-    path = bundle.path / "tokenizer.json"
-    if not path.exists():
-        return
-    data = json.loads(path.read_text())
-    ids = list(data.get("model", {}).get("vocab", {}).values()) + [t["id"] for t in data.get("added_tokens", [])]
-    if ids and max(ids) >= bundle.config["vocab_size"]:
-        raise BundleError(
-            f"vocab mismatch: the tokenizer has token id {max(ids)}, the model only {bundle.config['vocab_size']} rows"
-        )
 
 
 def make_llm(
@@ -118,7 +91,7 @@ def make_llm(
     weight: float | None = None,
     filter: float | None = None,
     check: bool = True,
-    **engine_kwargs: Any,
+    **llm_kwargs: Any,
 ):
     """A `vllm.LLM` serving ULD from `bundle`, with weight/filter overrides passed as hf_overrides.
 
@@ -126,17 +99,17 @@ def make_llm(
     """
     from vllm import LLM
 
-    if int(engine_kwargs.get("pipeline_parallel_size", 1)) > 1:
+    if int(llm_kwargs.get("pipeline_parallel_size", 1)) > 1:
         # ULDForCausalLM concatenates both streams' final hidden states, which intermediate pipeline ranks never hold.
         raise BundleError("pipeline parallelism is not supported for ULD bundles yet (use tensor_parallel_size)")
     if check:
         preflight(bundle, weight, filter)
-    overrides = dict(engine_kwargs.pop("hf_overrides", None) or {})
+    overrides = dict(llm_kwargs.pop("hf_overrides", None) or {})
     if weight is not None:
         overrides["uld_weight"] = float(weight)
     if filter is not None:
         overrides["uld_filter"] = float(filter)
-    kwargs = default_engine_kwargs() | engine_kwargs
+    kwargs = default_llm_kwargs() | llm_kwargs
     with engine_errors_as_one_line():
         return LLM(model=str(bundle), hf_overrides=overrides or None, **kwargs)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import importlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import nn
 from vllm.config import VllmConfig
 from vllm.sequence import IntermediateTensors
 
-from uld_vllm.assistant import assistant_config
+from uld_vllm.assistant import FAMILIES, AssistantError, assistant_config, check_family, check_finite
 from uld_vllm.bundle import (
     ASSISTANT_DIR,
     BundleError,
@@ -45,19 +46,9 @@ def scoring_mode() -> Iterator[None]:
 
 
 def _family_class(model_type: str) -> type[nn.Module]:
-    if model_type == "llama":
-        from vllm.model_executor.models.llama import LlamaForCausalLM
-
-        return LlamaForCausalLM
-    if model_type == "mistral":
-        from vllm.model_executor.models.mistral import MistralForCausalLM
-
-        return MistralForCausalLM
-    if model_type == "qwen2":
-        from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
-
-        return Qwen2ForCausalLM
-    raise BundleError(f"model family {model_type!r} is not supported by ULDForCausalLM (llama, mistral, qwen2)")
+    """The vLLM class of a supported family (uld_vllm.assistant.FAMILIES, checked when the bundle was read)."""
+    module = importlib.import_module(f"vllm.model_executor.models.{model_type}")
+    return getattr(module, FAMILIES[model_type])
 
 
 def engine_settings(hf_config) -> ULDSettings:
@@ -79,7 +70,10 @@ class ULDForCausalLM(nn.Module):
             raise BundleError(f"{vllm_config.model_config.model} has no 'uld' config section: not a ULD bundle")
         self.settings = engine_settings(config)
         self.bundle_path = vllm_config.model_config.model
-        family = _family_class(config.model_type)
+        try:
+            family = _family_class(check_family(config))
+        except AssistantError as e:
+            raise BundleError(str(e)) from None
 
         self.target = family(vllm_config=vllm_config, prefix=_join(prefix, "target"))
         small = assistant_config(config, self.settings.assistant_layers)
@@ -131,9 +125,12 @@ class ULDForCausalLM(nn.Module):
 
 
 def _checked(weights: Iterable[tuple[str, torch.Tensor]], what: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """The target's weights as vLLM streams them from disk, each refused if it holds NaN/inf: the only pass over them."""
     for name, tensor in weights:
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise BundleError(f"{what} weight {name} contains NaN or inf")
+        try:
+            check_finite(name, tensor, what)
+        except AssistantError as e:
+            raise BundleError(str(e)) from None
         yield name, tensor
 
 

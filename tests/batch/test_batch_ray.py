@@ -11,18 +11,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import batch_config
 
-from uld_vllm.batch import BatchConfig, InputPlan, WorkDir, _batches, resolve_inputs, run
-from uld_vllm.ray_batch import _from_ipc, _to_ipc, pending_chunks, read_chunk
+from uld_vllm.batch import run
+from uld_vllm.batch.plan import resolve_inputs
+from uld_vllm.batch.workdir import WorkDir
 
 # The engines here (the single-process reference and the replicas, which inherit this environment through the local
 # cluster) run their engine core in-process, as tests/conftest.py sets: no forking next to Ray's threads.
 
 ROWS = 61
-# Small explicit KV cache (CPU vLLM otherwise claims a share of host memory per engine); eager: no compile time.
-ENGINE = dict(
-    dtype="float32", max_model_len=128, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 32 << 20}
-)
 
 
 def write_input(directory: Path) -> Path:
@@ -47,18 +45,11 @@ def write_input(directory: Path) -> Path:
     return directory
 
 
-def config(inputs: Path, output: Path, bundle: Path, **options) -> BatchConfig:
-    return BatchConfig(
-        input=str(inputs),
-        output=str(output),
-        model=str(bundle),
-        max_tokens=4,
-        seed=7,
-        batch_size=8,
-        on_bad_row="record",
-        **ENGINE,
-        **options,
-    )
+def config(inputs: Path, output: Path, bundle: Path, **options):
+    """Chunks of 8 rows, seeded sampling for some rows, bad rows recorded; a 32 MiB KV cache per engine."""
+    engine = {"enforce_eager": True, "kv_cache_memory_bytes": 32 << 20}
+    settings = dict(max_tokens=4, seed=7, batch_size=8, on_bad_row="record", engine_args=engine)
+    return batch_config(bundle, inputs, output, **(settings | options))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +116,7 @@ def test_ray_batch_resumes_and_with_a_replica_killed_mid_job_writes_every_row_ex
     output = tmp_path / "out.parquet"
     job = config(inputs, output, bundle, ray=True, num_replicas=2)
     # A previous run committed rows 0-10: chunk 0 whole, chunk 1 in part (its rows 8-10 travel as the chunk's skips).
-    work = WorkDir(output, job.job(resolve_inputs(job.input)))
+    work = WorkDir(output, job.job(resolve_inputs(job.input))).begin()
     for first, stop in ((0, 8), (8, 11)):
         done = single_process_output.slice(first, stop - first)
         work.commit(done.append_column("_row", pa.array(range(first, stop), pa.int64())))
@@ -157,29 +148,22 @@ def test_ray_batch_resumes_and_with_a_replica_killed_mid_job_writes_every_row_ex
     assert summary.generated == ROWS - 11 - 1  # resumed rows are not generated again (nor the recorded bad row 17)
 
 
-def test_chunks_are_the_single_process_batches_read_back_exactly_and_parts_survive_the_trip(tmp_path):
-    """No engine, no Ray: what the driver sends (pending chunks) and what a replica reads and returns."""
-    messages = [[{"role": "user", "content": f"hi {i}"}] for i in range(23)]
-    files = []
-    for name, rows in (("a.parquet", range(13)), ("b.parquet", range(13, 23))):
-        table = pa.table(
-            {"id": [f"q{i}" for i in rows], "messages": [messages[i] for i in rows], "k": [[i, i] for i in rows]}
-        )
-        files.append(tmp_path / name)
-        pq.write_table(table, files[-1], row_group_size=3)
-    plan = InputPlan(files, pq.read_schema(files[0]), "messages", True, True, 23, {})
+def test_a_chunk_and_its_part_survive_the_trip_to_a_replica_and_back(bundle, tmp_path):
+    """No engine, no Ray: what the driver sends (a planned chunk: input rows + token ids) and what comes back."""
+    from transformers import AutoTokenizer
 
-    chunks = pending_chunks(plan, 4, exclude=set())
-    batches = list(_batches(files, 4))
-    assert [(c.first_row, c.num_rows) for c in chunks] == [(first, b.num_rows) for first, b in batches]
-    cache: dict = {}
-    for chunk, (_, batch) in zip(chunks, batches, strict=True):
-        assert read_chunk(chunk, cache).equals(batch)
-    assert len(cache) <= 2
+    from uld_vllm.batch.config import BatchConfig
+    from uld_vllm.batch.plan import Chunk, plan_input
+    from uld_vllm.batch.ray_pool import chunk_item, from_ipc, to_ipc
 
-    # Committed or skipped rows travel as the chunk's skip list; a chunk with nothing left is not sent at all.
-    chunks = pending_chunks(plan, 4, exclude={0, 1, 2, 3, 5, 22})
-    assert [(c.first_row, c.skip) for c in chunks] == [(4, [5]), (8, []), (12, []), (13, []), (17, []), (21, [22])]
-
+    messages = [[{"role": "user", "content": f"hi {i}"}] for i in range(5)]
+    path = tmp_path / "chat.parquet"
+    pq.write_table(pa.table({"messages": messages, "k": [[i, i] for i in range(5)]}), path)
+    config = BatchConfig(input=str(path), output="unused", batch_size=2, max_model_len=64)
+    plan = plan_input(config, AutoTokenizer.from_pretrained(bundle), [path])
+    for chunk in plan.chunks:
+        item = chunk_item(chunk)
+        back = Chunk(item["first_row"], item["num_rows"], from_ipc(item["rows"]))
+        assert back.rows.equals(chunk.rows) and (back.first_row, back.num_rows) == (chunk.first_row, chunk.num_rows)
     part = pa.table({"generated_token_ids": [[[1, 2], [3]], None], "messages": messages[:2], "_row": [0, 1]})
-    assert _from_ipc(_to_ipc(part)).equals(part)
+    assert from_ipc(to_ipc(part)).equals(part)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import ENGINE_KWARGS
 
 from uld_vllm.reference import ReferenceDecoder
 
@@ -20,12 +21,7 @@ def test_ray_data_llm_processor_gives_the_reference_uld_greedy_tokens(bundle_fac
     try:
         config = vLLMEngineProcessorConfig(
             model_source=str(bundle),
-            engine_kwargs={
-                "dtype": "float32",
-                "max_model_len": 128,
-                "enforce_eager": True,
-                "kv_cache_memory_bytes": 64 << 20,
-            },
+            engine_kwargs=ENGINE_KWARGS | {"max_model_len": 128},
             placement_group_config={"bundles": [{"CPU": 1}]},
             log_engine_metrics=False,  # else the actor needs ray.serve for its metrics
             concurrency=1,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import SMALL_ENGINE, refusal
 
-from uld_vllm.batch import DEFAULT_BUNDLE, BatchConfig, run
+from uld_vllm.batch import BatchConfig, run
+from uld_vllm.batch.config import DEFAULT_BUNDLE
 from uld_vllm.bundle import read_bundle
 from uld_vllm.demo import EXAMPLE_PROMPTS, main
 
@@ -36,7 +38,7 @@ def test_uld_batch_without_model_uses_the_default_bundle(tmp_path):
         output=str(tmp_path / "out.parquet"),
         max_tokens=4,
         dtype="float32",
-        engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 32 << 20},
+        engine_args=SMALL_ENGINE,
     )
     assert run(config).written == 1
 
@@ -57,6 +59,4 @@ def test_demo_prints_target_and_uld_answers_side_by_side(tmp_path, capsys):
 
 
 def test_demo_with_a_missing_model_is_one_line(tmp_path, capsys):
-    assert main(["--model", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("uld-demo: error: ") and "\n" not in err
+    assert "ULD bundle directory not found" in refusal(capsys, main, "--model", tmp_path / "nope")

@@ -1,45 +1,8 @@
-"""Engine helpers: real in-process vLLM engines on tiny bundles (CPU in CI), started and stopped explicitly."""
+"""Engine-test inputs: mixed-length token prompts and greedy decoding through a real engine."""
 
 from __future__ import annotations
 
-import gc
-import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
-# In-process engine core: tests see exceptions directly and start faster; must be set before vllm is imported.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-
-# Small, explicit KV cache: CPU vLLM otherwise claims a fraction of host memory per engine.
-ENGINE_KWARGS = dict(dtype="float32", max_model_len=256, enforce_eager=True, seed=0, kv_cache_memory_bytes=64 << 20)
-
-
-@contextmanager
-def engine(bundle: Path | str, **kwargs) -> Iterator:
-    from uld_vllm.engine import make_llm, shutdown_llm
-
-    llm = make_llm(bundle, **(ENGINE_KWARGS | kwargs))
-    try:
-        yield llm
-    finally:
-        shutdown_llm(llm)
-        gc.collect()
-
-
-@contextmanager
-def plain_engine(model_dir: Path | str, **kwargs) -> Iterator:
-    from vllm import LLM
-
-    from uld_vllm.engine import shutdown_llm
-
-    llm = LLM(model=str(model_dir), **(ENGINE_KWARGS | kwargs))
-    try:
-        yield llm
-    finally:
-        shutdown_llm(llm)
-        gc.collect()
 
 
 def mixed_prompts(count: int, vocab: int, seed: int = 0, max_len: int = 40) -> list[list[int]]:

@@ -3,7 +3,8 @@ when the second engine start loads both backbones' compiled graphs from vLLM's c
 
 from __future__ import annotations
 
-from engines import engine, greedy, mixed_prompts
+from engines import greedy, mixed_prompts
+from helpers import engine
 
 from uld_vllm.reference import ReferenceDecoder
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engines import engine, greedy, mixed_prompts, plain_engine
+from engines import greedy, mixed_prompts
+from helpers import engine, plain_engine
 
 from uld_vllm.reference import ReferenceDecoder
 

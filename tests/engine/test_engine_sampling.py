@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engines import engine, mixed_prompts
+from engines import mixed_prompts
+from helpers import engine
 from scipy.stats import chisquare
 
 from uld_vllm.combine import relative_top_mask

@@ -3,7 +3,8 @@ give exactly the tokens of an unchunked run: the discarded samples' generator dr
 
 from __future__ import annotations
 
-from engines import engine, mixed_prompts
+from engines import mixed_prompts
+from helpers import engine
 
 
 def seeded_outputs(llm, prompts: list[list[int]]) -> list[list[int]]:

@@ -23,7 +23,7 @@ def ray_cluster():
 def test_ray_replicas_give_the_single_process_logs(llama_bundle, tmp_path, ray_cluster):
     data = write_eval_dir(tmp_path / "data", {"forget": 5, "retain": 7, "real_authors": 3, "world_facts": 4})
     settings = dict(model=str(llama_bundle), data=str(data), dtype="float32", max_new_tokens=6, progress=False)
-    engine = {"engine_kwargs": {"kv_cache_memory_bytes": 32 << 20}}
+    engine = {"engine_args": {"kv_cache_memory_bytes": 32 << 20}}
     single = evaluate(EvalSettings(**settings, **engine))
     sharded = evaluate(EvalSettings(**settings, **engine, ray=True, num_replicas=2))
     assert sharded.logs.keys() == single.logs.keys()

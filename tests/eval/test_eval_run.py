@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 from eval_data import write_eval_dir
+from helpers import SMALL_ENGINE, refusal
 
 from uld_vllm.eval.cli import main
 from uld_vllm.eval.metrics import FORGET_LOG, REAL_AUTHORS_LOG, REAL_WORLD_LOG, RETAIN_LOG, load_eval_logs
 from uld_vllm.eval.run import EvalSettings, evaluate
 
-SMALL_ENGINE = {"kv_cache_memory_bytes": 64 << 20}
 LOSS_KEYS = ("avg_gt_loss", "gt_loss", "avg_paraphrased_loss", "paraphrased_loss", "truth_ratio")
 
 
 def settings(model: Path, data: Path, **options) -> EvalSettings:
     return EvalSettings(
-        model=str(model), data=str(data), dtype="float32", max_new_tokens=8, engine_kwargs=SMALL_ENGINE, **options
+        model=str(model), data=str(data), dtype="float32", max_new_tokens=8, engine_args=SMALL_ENGINE, **options
     )
 
 
@@ -119,9 +119,7 @@ def test_bad_data_is_one_line_before_any_engine_starts(case, llama_bundle, data,
     bad = tmp_path / "data"
     shutil.copytree(data, bad)
     edit_rows(bad, split, edit)
-    assert main(["run", "--model", str(llama_bundle), "--data", str(bad), "--output", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("uld-eval: error: ") and "\n" not in err and message in err, err
+    assert message in refusal(capsys, main, "run", "--model", llama_bundle, "--data", bad, "--output", tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
@@ -129,10 +127,12 @@ def test_missing_split_file_and_missing_model_are_one_line(llama_bundle, data, t
     partial = tmp_path / "data"
     shutil.copytree(data, partial)
     (partial / "world_facts.jsonl").unlink()
-    assert main(["run", "--model", str(llama_bundle), "--data", str(partial), "--output", str(tmp_path / "o")]) == 2
-    assert "world_facts split not found" in capsys.readouterr().err
-    assert main(["run", "--model", str(tmp_path / "nope"), "--data", str(data), "--output", str(tmp_path / "o")]) == 2
-    assert "model not found" in capsys.readouterr().err
+    assert "world_facts split not found" in refusal(
+        capsys, main, "run", "--model", str(llama_bundle), "--data", str(partial), "--output", str(tmp_path / "o")
+    )
+    assert "model not found" in refusal(
+        capsys, main, "run", "--model", str(tmp_path / "nope"), "--data", str(data), "--output", str(tmp_path / "o")
+    )
 
 
 def test_tokenizer_that_does_not_match_the_model_is_refused(bundle_factory, data, tmp_path, capsys):
@@ -142,15 +142,15 @@ def test_tokenizer_that_does_not_match_the_model_is_refused(bundle_factory, data
     config = json.loads((target / "config.json").read_text())
     config["vocab_size"] = 40  # the fixture tokenizer has 512 tokens
     (target / "config.json").write_text(json.dumps(config))
-    assert main(["run", "--model", str(target), "--data", str(data), "--output", str(tmp_path / "o")]) == 2
-    assert "tokenizer and model do not match" in capsys.readouterr().err
+    assert "tokenizer and model do not match" in refusal(
+        capsys, main, "run", "--model", str(target), "--data", str(data), "--output", str(tmp_path / "o")
+    )
 
 
 def test_ulds_weight_on_a_plain_checkpoint_is_refused(llama_bundle, data, tmp_path, capsys):
     target = llama_bundle.parent / "target"
     argv = ["run", "--model", str(target), "--data", str(data), "--output", str(tmp_path / "o"), "--weight", "-1"]
-    assert main(argv) == 2
-    assert "apply to ULD bundles" in capsys.readouterr().err
+    assert "apply to ULD bundles" in refusal(capsys, main, *argv)
 
 
 def test_retain_logs_of_another_forget_set_are_refused(tmp_path, capsys):
@@ -158,5 +158,4 @@ def test_retain_logs_of_another_forget_set_are_refused(tmp_path, capsys):
     if not shared.is_dir():
         pytest.skip("../shared/data/tofu is not present")
     argv = ["aggregate", "--logs", str(shared / "llama2-7b_full.json"), "--retain-logs"]
-    assert main(argv + [str(shared / "llama2-7b_retain95.json")]) == 2
-    assert "different forget set" in capsys.readouterr().err
+    assert "different forget set" in refusal(capsys, main, *argv, shared / "llama2-7b_retain95.json")

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from helpers import refusal
 from train_toy import FORGET, write_jsonl
 
 from uld_train.cli import main
@@ -13,13 +14,9 @@ from uld_train.config import TrainError
 
 
 def run_cli(capsys, target, forget, retain, output, *extra: str) -> str:
-    argv = ["--target", str(target), "--forget", str(forget), "--output", str(output), "--no-progress", *extra]
-    if retain is not None:
-        argv += ["--retain", str(retain)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("uld-train: error: ") and err.count("\n") == 1, err
-    return err
+    """uld-train on these inputs, expecting a refusal (helpers.refusal: exit 2, one line); returns its message."""
+    argv = ["--target", target, "--forget", forget, "--output", output, "--no-progress", *extra]
+    return refusal(capsys, main, *argv, *(["--retain", retain] if retain is not None else []))
 
 
 def test_empty_forget_set(capsys, tmp_path, train_target, retain_file):

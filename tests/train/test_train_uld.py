@@ -123,27 +123,18 @@ def test_qwen2_with_tied_embeddings_trains_into_a_loadable_bundle(tmp_path, forg
     assert torch.isfinite(scores).all()
 
 
-def test_trained_bundle_runs_in_uld_batch_with_reference_tokens(uld_bundle, forget_file, tmp_path, monkeypatch):
+def test_trained_bundle_runs_in_uld_batch_with_reference_tokens(uld_bundle, forget_file, tmp_path):
     """The trainer's output is a bundle the product serves: uld-batch on it gives the reference decoder's tokens."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from helpers import batch_config
 
     from uld_vllm.batch import run
 
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     questions = [row.question for row in read_qa(forget_file, "forget set").pairs][:4]
     messages = [[{"role": "user", "content": q}] for q in questions]
     pq.write_table(pa.table({"messages": messages}), tmp_path / "in.parquet")
-    engine = {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20}
-    run(
-        input=str(tmp_path / "in.parquet"),
-        output=str(tmp_path / "out.parquet"),
-        model=str(uld_bundle),
-        max_tokens=10,
-        max_model_len=128,
-        dtype="float32",  # the reference decodes in float32; the default dtype depends on the CPU's flags
-        engine_kwargs=engine,
-    )
+    run(batch_config(uld_bundle, tmp_path / "in.parquet", tmp_path / "out.parquet", max_tokens=10))
     out = pq.read_table(tmp_path / "out.parquet").to_pylist()
     tokenizer = load_tokenizer(uld_bundle)
     prompts = [tokenizer(r["prompt"], add_special_tokens=False).input_ids for r in out]

@@ -48,7 +48,7 @@ class EvalSettings:
     filter: float | None = None
     max_new_tokens: int = 64  # greedy generation length for ROUGE (stops at EOS)
     reference_batch_size: int = 32  # sequences per forward pass of the HF reference
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
+    engine_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
     ray: bool = False
     num_replicas: int = 1
     progress: bool = True
@@ -110,14 +110,14 @@ def is_bundle(model: str | Path) -> bool:
 class VllmBackend:
     """ULD engine for a bundle, plain vLLM for an HF checkpoint."""
 
-    def __init__(self, settings: EvalSettings, max_model_len: int, engine_kwargs: dict[str, Any]) -> None:
+    def __init__(self, settings: EvalSettings, max_model_len: int, engine_args: dict[str, Any]) -> None:
         from vllm import LLM
 
-        from uld_vllm.engine import default_engine_kwargs, engine_errors_as_one_line, make_llm
+        from uld_vllm.engine import default_llm_kwargs, engine_errors_as_one_line, make_llm
 
-        kwargs = default_engine_kwargs() | {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0}
+        kwargs = default_llm_kwargs() | {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0}
         kwargs |= {"dtype": settings.dtype} if settings.dtype else {}
-        kwargs |= engine_kwargs
+        kwargs |= engine_args
         if is_bundle(settings.model):
             # evaluate() ran preflight already (and a Ray replica's driver did).
             self.llm = make_llm(settings.model, settings.weight, settings.filter, check=False, **kwargs)
@@ -345,11 +345,11 @@ def evaluate(settings: EvalSettings) -> EvalResult:
 
 
 def _open_backend(
-    settings: EvalSettings, max_model_len: int, eos_token_id: int | None, engine_kwargs: dict[str, Any]
+    settings: EvalSettings, max_model_len: int, eos_token_id: int | None, engine_args: dict[str, Any]
 ) -> Backend:
     if settings.backend == "reference":
         return ReferenceBackend(settings, eos_token_id)
-    return VllmBackend(settings, max_model_len, settings.engine_kwargs | engine_kwargs)
+    return VllmBackend(settings, max_model_len, settings.engine_args | engine_args)
 
 
 def write_logs(result: EvalResult, output: Path, settings: EvalSettings) -> None:
@@ -383,7 +383,7 @@ def _evaluate_with_ray(
     from uld_vllm.engine import has_cuda
 
     replicas = settings.num_replicas
-    memory = {} if has_cuda() or settings.engine_kwargs else {"gpu_memory_utilization": min(0.3, 0.6 / replicas)}
+    memory = {} if has_cuda() or settings.engine_args else {"gpu_memory_utilization": min(0.3, 0.6 / replicas)}
     if not ray.is_initialized():  # join $RAY_ADDRESS, else start a local cluster (Ray counts the CPUs)
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     task = ray.remote(num_cpus=1, num_gpus=1 if has_cuda() else 0, max_retries=2)(_evaluate_shard)
@@ -403,7 +403,7 @@ def _evaluate_shard(
     shard: dict[str, list[tuple[int, EncodedExample]]],
     examples: dict[str, list[EvalExample]],
     max_model_len: int,
-    engine_kwargs: dict[str, Any],
+    engine_args: dict[str, Any],
 ) -> tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]:
     # In-process engine core: killing the task kills its engine, and nothing is orphaned.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -413,7 +413,7 @@ def _evaluate_shard(
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
     timings = EvalTimings()
     with _timed(timings):
-        backend = _open_backend(settings, max_model_len, tokenizer.eos_token_id, engine_kwargs)
+        backend = _open_backend(settings, max_model_len, tokenizer.eos_token_id, engine_args)
     try:
         records, work = evaluate_examples(backend, tokenizer, shard, examples, settings.max_new_tokens)
     finally:

@@ -1,0 +1,5 @@
+import sys
+
+from uld_vllm.batch.cli import main
+
+sys.exit(main())
