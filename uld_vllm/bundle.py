@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from uld_vllm.assistant import (
     AssistantError,
+    LoraPair,
     adapter_depth,
     assistant_config,
     check_adapter,
@@ -168,17 +169,30 @@ def check_vocab(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> None:
 def check_assistant_fits(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> None:
     """The assistant's layers against the target's shapes (`shapes`, from headers): a LoRA adapter is read and checked
     whole (it is small); a full assistant by its headers. Its weights' values are checked when the engine loads them."""
-    layers = bundle.settings.assistant_layers
-    own = {n: s for n, s in shapes.items() if (i := layer_index(n)) is not None and i < layers}
+    if bundle.settings.assistant_format == "lora":
+        assistant_lora(bundle, shapes)
+        return
+    own = _assistant_shapes(bundle, shapes)
     try:
-        if bundle.settings.assistant_format == "lora":
-            check_adapter(bundle.assistant_dir, own)
-            return
         for name, shape in weight_shapes(bundle.assistant_dir).items():
             if name not in own:
                 raise BundleError(f"assistant weight {name} has no counterpart in the target (bundle/target mismatch)")
             if shape != own[name]:
                 raise BundleError(f"assistant weight {name} has shape {shape}, the target's {own[name]}")
+    except AssistantError as e:
+        raise BundleError(str(e)) from None
+
+
+def _assistant_shapes(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    layers = bundle.settings.assistant_layers
+    return {n: s for n, s in shapes.items() if (i := layer_index(n)) is not None and i < layers}
+
+
+def assistant_lora(bundle: Bundle, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, LoraPair]:
+    """A LoRA bundle's adapter, checked against the target's first K layers (`shapes`: from the headers when None)."""
+    shapes = weight_shapes(bundle.path) if shapes is None else shapes
+    try:
+        return check_adapter(bundle.assistant_dir, _assistant_shapes(bundle, shapes))
     except AssistantError as e:
         raise BundleError(str(e)) from None
 

@@ -39,12 +39,16 @@ def combine(
     weight: float,
     filter: float,
     mode: Mode = "generate",
+    implausible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ULD logits l_target + w * l_assistant for rows of (N, V) logits; returns float32 (N, V).
 
     filter > 0: relative-top filter on the target; the assistant is ignored (a' = 0) on implausible tokens, and in
     generation mode those tokens get MASKED_LOGIT so they are never sampled. Scoring mode (teacher-forced log-probs
     for metrics) leaves them unmasked. filter == 0: both sides are log_softmax-ed first; the modes agree.
+
+    `implausible` is `relative_top_mask(target_logits, filter)` when the caller computed it already (the engine's
+    sparse assistant head needs it first); the assistant's logits then only matter where it is False.
     """
     if target_logits.shape != assistant_logits.shape:
         raise ValueError(f"target logits {tuple(target_logits.shape)} != assistant {tuple(assistant_logits.shape)}")
@@ -59,7 +63,7 @@ def combine(
         out = target_logprobs + weight * torch.log_softmax(assistant, dim=-1)
         # A token the target rules out stays ruled out, also where the assistant rules it out too (-inf + inf = NaN).
         return out.masked_fill(target_logprobs == float("-inf"), float("-inf"))
-    implausible = relative_top_mask(target, filter)
+    implausible = relative_top_mask(target, filter) if implausible is None else implausible
     out = target + weight * assistant.masked_fill(implausible, 0.0)
     if mode == "generate":
         out = out.masked_fill(implausible, MASKED_LOGIT)

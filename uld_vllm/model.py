@@ -25,10 +25,13 @@ from uld_vllm.bundle import (
     BundleError,
     ULDSettings,
     assistant_layer_tensors,
+    assistant_lora,
     check_weight_filter,
     read_bundle,
 )
-from uld_vllm.combine import Mode, combine
+from uld_vllm.combine import Mode, combine, relative_top_mask
+from uld_vllm.head import HeadStats, union_assistant_logits
+from uld_vllm.shared import can_share, wrap_layers
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
 # (teacher-forced scoring, what TOFU metrics read) need scoring mode. vLLM calls one method for both, so the plugin
@@ -76,6 +79,37 @@ class ULDForCausalLM(nn.Module):
             raise BundleError(str(e)) from None
 
         self.target = family(vllm_config=vllm_config, prefix=_join(prefix, "target"))
+        self.hidden_size = config.hidden_size
+        self.make_empty_intermediate_tensors = self.target.make_empty_intermediate_tensors
+        layers = self.target.model.layers
+        not_shared = can_share(
+            layers, vllm_config.parallel_config.tensor_parallel_size, vllm_config.quant_config is not None
+        )
+        if self.settings.assistant_format != "lora":
+            not_shared = "a full (not LoRA) assistant checkpoint"
+        if getattr(config, "uld_share_weights", True) is False:
+            not_shared = "uld_share_weights=False"
+        self.shared = not_shared is None
+        # The sparse assistant head reads lm_head.weight directly: a whole (unsharded) head with plain logits.
+        processor = self.target.logits_processor
+        self.sparse_head = (
+            vllm_config.parallel_config.tensor_parallel_size == 1
+            and getattr(processor, "scale", 1.0) == 1.0
+            and getattr(processor, "soft_cap", None) is None
+            and getattr(config, "uld_sparse_head", True) is not False
+        )
+        self.head_stats = HeadStats()
+        self.not_shared_because = not_shared
+        if self.shared:
+            # Only the assistant's attention layers are its own (own names, so own paged KV caches); its weights are
+            # the target's, wrapped with its LoRA once they are loaded (uld_vllm.shared.wrap_layers).
+            self.assistant_attention = nn.ModuleList(
+                _attention_like(
+                    layers[i].self_attn, vllm_config, _join(prefix, f"assistant.model.layers.{i}.self_attn.attn")
+                )
+                for i in range(self.settings.assistant_layers)
+            )
+            return
         small = assistant_config(config, self.settings.assistant_layers)
         assistant_vllm_config = vllm_config.with_hf_config(small, list(config.architectures))
         # vLLM keys its torch.compile (AOT) cache on VllmConfig.compute_hash(), which does not see hf_config: the two
@@ -87,8 +121,6 @@ class ULDForCausalLM(nn.Module):
         self.assistant.model.embed_tokens = self.target.model.embed_tokens
         self.assistant.model.norm = self.target.model.norm
         self.assistant.lm_head = self.target.lm_head
-        self.hidden_size = config.hidden_size
-        self.make_empty_intermediate_tensors = self.target.make_empty_intermediate_tensors
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.target.embed_input_ids(input_ids)
@@ -100,28 +132,79 @@ class ULDForCausalLM(nn.Module):
         intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.shared:
+            return self._forward_shared(input_ids, positions, inputs_embeds)
         target_hidden = self.target(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
         assistant_hidden = self.assistant(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
         # The runner selects rows (tokens) of whatever forward returns and hands them to compute_logits, so both
         # models' states travel together on the feature axis.
         return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)
 
+    def _forward_shared(
+        self, input_ids: torch.Tensor | None, positions: torch.Tensor, inputs_embeds: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Both streams through the target's layers: stacked rows for layers 0..K-1, the target's alone after."""
+        model = self.target.model
+        hidden = model.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds  # (T, H), looked up once
+        tokens = hidden.shape[0]
+        hidden, residual = torch.cat([hidden, hidden]), None  # (2T, H): [target rows; assistant rows]
+        both_positions = torch.cat([positions, positions])
+        layers = model.layers
+        for layer in layers[: self.settings.assistant_layers]:
+            hidden, residual = layer(both_positions, hidden, residual)
+        assistant_hidden, _ = model.norm(hidden[tokens:], residual[tokens:])  # (T, H)
+        hidden, residual = hidden[:tokens], residual[:tokens]
+        for layer in layers[self.settings.assistant_layers :]:
+            hidden, residual = layer(positions, hidden, residual)
+        target_hidden, _ = model.norm(hidden, residual)  # (T, H)
+        return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)
+
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         target_hidden, assistant_hidden = hidden_states.split(self.hidden_size, dim=-1)  # (N, H) each
-        logits = self.target.logits_processor(self.target.lm_head, torch.cat([target_hidden, assistant_hidden]))
-        if logits is None:  # not the last pipeline rank
-            return None
-        target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
-        return combine(target_logits, assistant_logits, self.settings.weight, self.settings.filter, _MODE.get())
+        weight, filter, mode = self.settings.weight, self.settings.filter, _MODE.get()
+        head, logits_processor = self.target.lm_head, self.target.logits_processor
+        if filter == 0.0 or not self.sparse_head:
+            # One GEMM over both streams' rows: the LM head's weight is read once.
+            logits = logits_processor(head, torch.cat([target_hidden, assistant_hidden]))
+            if logits is None:  # not the last pipeline rank
+                return None
+            target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
+            return combine(target_logits, assistant_logits, weight, filter, mode)
+        target_logits = logits_processor(head, target_hidden)  # (N, V)
+        implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
+        assistant_logits = union_assistant_logits(assistant_hidden, head.weight, ~implausible, self.head_stats)
+        if assistant_logits is None:  # the union is most of the vocabulary: the dense head is cheaper
+            assistant_logits = logits_processor(head, assistant_hidden)
+        return combine(target_logits, assistant_logits, weight, filter, mode, implausible)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = {f"target.{name}" for name in self.target.load_weights(_checked(weights, "target"))}
         bundle = read_bundle(self.bundle_path)
         if bundle.settings.assistant_layers != self.settings.assistant_layers:
             raise BundleError(f"bundle {self.bundle_path} changed while loading (assistant layers)")
+        if self.shared:
+            wrap_layers(self.target.model.layers, self.assistant_attention, assistant_lora(bundle))
+            return loaded
         layers = assistant_layer_tensors(bundle)  # layers 0..K-1 only; shared tensors are the target's
         loaded |= {f"assistant.{name}" for name in self.assistant.load_weights(layers.items())}
         return loaded
+
+
+def _attention_like(self_attn: nn.Module, vllm_config: VllmConfig, prefix: str) -> nn.Module:
+    """A vLLM Attention with the settings of a target layer's, under another layer name (so its own KV cache)."""
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    attn = self_attn.attn
+    return Attention(
+        attn.num_heads,
+        attn.head_size,
+        self_attn.scaling,
+        num_kv_heads=attn.num_kv_heads,
+        cache_config=vllm_config.cache_config,
+        quant_config=vllm_config.quant_config,
+        per_layer_sliding_window=attn.sliding_window,
+        prefix=prefix,
+    )
 
 
 def _checked(weights: Iterable[tuple[str, torch.Tensor]], what: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -16,6 +16,12 @@ CASES = {
         dict(family="llama", assistant="lora", filter=0.1, assistant_layers=2),
         dict(enable_prefix_caching=True, enable_chunked_prefill=True, max_num_batched_tokens=64, max_num_seqs=16),
     ),
+    # The copied-and-merged assistant (the fallback for full checkpoints, tensor parallelism, quantized targets) on a
+    # LoRA bundle that the shared-weight path serves by default.
+    "llama-lora-K2-filter0.1-merged-fallback": (
+        dict(family="llama", assistant="lora", filter=0.1, assistant_layers=2),
+        dict(hf_overrides={"uld_share_weights": False}),
+    ),
     "mistral-full-K4-filter0-no-prefix-caching-preemption": (
         dict(family="mistral", assistant="full", filter=0.0, assistant_layers=4),
         # 20 blocks of 16 tokens for 64 requests of up to 56 tokens: the scheduler must preempt and recompute.
@@ -86,20 +92,70 @@ def test_weight_zero_reproduces_plain_vllm_on_the_target(bundle_factory):
     assert uld == plain
 
 
-def _sharing(model) -> dict:
-    target, assistant = model.target, model.assistant
-    return {
-        "embeddings": assistant.model.embed_tokens is target.model.embed_tokens,
-        "norm": assistant.model.norm is target.model.norm,
-        "lm_head": assistant.lm_head is target.lm_head,
-        "assistant_layers": len(assistant.model.layers),
-        "target_layers": len(target.model.layers),
-    }
+def _layout(model) -> dict:
+    """How the engine holds the assistant: shared weights (LoRA wrappers on the target's first K layers, own attention
+    layers, no parameters of its own) or a merged copy of K layers sharing embeddings, norm and head."""
+    from uld_vllm.shared import SplitAttention, StackedLoRALinear
+
+    own = {id(p) for p in model.parameters()} - {id(p) for p in model.target.parameters()}
+    layout = {"shared": model.shared, "own_parameters": len(own), "target_layers": len(model.target.model.layers)}
+    if model.shared:
+        modules = list(model.target.modules())
+        layout["lora_linears"] = sum(isinstance(m, StackedLoRALinear) for m in modules)
+        layout["split_attention"] = sum(isinstance(m, SplitAttention) for m in modules)
+    else:
+        assistant, target = model.assistant, model.target
+        layout["shares"] = (
+            assistant.model.embed_tokens is target.model.embed_tokens
+            and assistant.model.norm is target.model.norm
+            and assistant.lm_head is target.lm_head
+        )
+        layout["assistant_layers"] = len(assistant.model.layers)
+    return layout
 
 
-def test_assistant_shares_embeddings_norm_and_head_and_adds_only_its_layers(case):
+def test_the_assistant_adds_only_its_layers_and_shares_the_rest(case, request):
     bundle, llm, reference = case
-    (sharing,) = llm.apply_model(_sharing)
-    assert sharing["embeddings"] and sharing["norm"] and sharing["lm_head"]
-    assert sharing["assistant_layers"] == reference.assistant.config.num_hidden_layers
-    assert sharing["target_layers"] == reference.target.config.num_hidden_layers
+    (layout,) = llm.apply_model(_layout)
+    layers = reference.assistant.config.num_hidden_layers
+    lora = "lora" in request.node.callspec.id and "merged" not in request.node.callspec.id
+    assert layout["shared"] == lora
+    if lora:  # no copied weights: only 4 LoRA-wrapped linears (qkv, o, gate_up, down) and 1 split attention per layer
+        assert layout["own_parameters"] == 0
+        assert (layout["lora_linears"], layout["split_attention"]) == (4 * layers, layers)
+    else:
+        assert layout["shares"] and layout["assistant_layers"] == layers
+
+
+def _head_stats(model) -> dict:
+    return model.head_stats.as_dict()
+
+
+def test_the_sparse_head_gives_the_dense_heads_tokens_and_logprobs(bundle_factory):
+    """Filter 0.1 on a 512-token vocabulary keeps >= 51 tokens per row: small batches take the union head, the
+    64-prompt batch's union passes half the vocabulary and takes the dense head. Both must equal the dense engine."""
+    from vllm import SamplingParams
+
+    bundle = bundle_factory(family="llama", assistant="lora", filter=0.1, assistant_layers=2)
+    prompts = mixed_prompts(64, 400, seed=4)
+    scored = [{"prompt_token_ids": p} for p in prompts[:6]]
+    results = {}
+    for sparse in (True, False):
+        with engine(bundle, hf_overrides={"uld_sparse_head": sparse}) as llm:
+            tokens = greedy(llm, prompts, MAX_TOKENS) + greedy(llm, prompts[:1], MAX_TOKENS)
+            outputs = llm.generate(scored, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+            logprobs = [
+                [
+                    entry[token].logprob
+                    for token, entry in zip(s["prompt_token_ids"][1:], o.prompt_logprobs[1:], strict=True)
+                ]
+                for s, o in zip(scored, outputs, strict=True)
+            ]
+            (stats,) = llm.apply_model(_head_stats)
+        results[sparse] = (tokens, torch.tensor([v for row in logprobs for v in row]), stats)
+    (sparse_tokens, sparse_logprobs, stats), (dense_tokens, dense_logprobs, dense_stats) = results[True], results[False]
+    assert stats["sparse_calls"] > 0, "the union head never ran"
+    assert stats["calls"] > stats["sparse_calls"], "the dense fallback never ran"
+    assert dense_stats["calls"] == 0
+    assert sparse_tokens == dense_tokens
+    torch.testing.assert_close(sparse_logprobs, dense_logprobs, atol=1e-5, rtol=0)
