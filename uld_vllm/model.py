@@ -31,7 +31,7 @@ from uld_vllm.bundle import (
 )
 from uld_vllm.combine import Mode, combine, relative_top_mask
 from uld_vllm.head import HeadStats, union_assistant_logits
-from uld_vllm.shared import can_share, wrap_layers
+from uld_vllm.shared import SharedBackbone, can_share, wrap_layers
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
 # (teacher-forced scoring, what TOFU metrics read) need scoring mode. vLLM calls one method for both, so the plugin
@@ -109,6 +109,16 @@ class ULDForCausalLM(nn.Module):
                 )
                 for i in range(self.settings.assistant_layers)
             )
+            # Its own compile-cache key (see the assistant's below): vLLM's hash does not see that this backbone runs
+            # a different graph from the target's own on the same bundle.
+            backbone_config = vllm_config.with_hf_config(config, list(config.architectures))
+            backbone_config.model_config.model = str(Path(vllm_config.model_config.model) / "shared-backbone")
+            self.backbone = SharedBackbone(
+                vllm_config=backbone_config,
+                prefix=_join(prefix, "backbone"),
+                decoder=self.target.model,
+                assistant_layers=self.settings.assistant_layers,
+            )
             return
         small = assistant_config(config, self.settings.assistant_layers)
         assistant_vllm_config = vllm_config.with_hf_config(small, list(config.architectures))
@@ -133,30 +143,11 @@ class ULDForCausalLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.shared:
-            return self._forward_shared(input_ids, positions, inputs_embeds)
+            return self.backbone(input_ids, positions, inputs_embeds)
         target_hidden = self.target(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
         assistant_hidden = self.assistant(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
         # The runner selects rows (tokens) of whatever forward returns and hands them to compute_logits, so both
         # models' states travel together on the feature axis.
-        return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)
-
-    def _forward_shared(
-        self, input_ids: torch.Tensor | None, positions: torch.Tensor, inputs_embeds: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Both streams through the target's layers: stacked rows for layers 0..K-1, the target's alone after."""
-        model = self.target.model
-        hidden = model.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds  # (T, H), looked up once
-        tokens = hidden.shape[0]
-        hidden, residual = torch.cat([hidden, hidden]), None  # (2T, H): [target rows; assistant rows]
-        both_positions = torch.cat([positions, positions])
-        layers = model.layers
-        for layer in layers[: self.settings.assistant_layers]:
-            hidden, residual = layer(both_positions, hidden, residual)
-        assistant_hidden, _ = model.norm(hidden[tokens:], residual[tokens:])  # (T, H)
-        hidden, residual = hidden[:tokens], residual[:tokens]
-        for layer in layers[self.settings.assistant_layers :]:
-            hidden, residual = layer(positions, hidden, residual)
-        target_hidden, _ = model.norm(hidden, residual)  # (T, H)
         return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:

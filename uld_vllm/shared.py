@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
+from vllm.config import VllmConfig
 
 from uld_vllm.assistant import LoraPair
 
@@ -122,3 +124,36 @@ def can_share(layers: nn.ModuleList, tensor_parallel: int, quantized: bool) -> s
     if getattr(attn, "qk_norm", False) or getattr(attn, "do_llama_4_scaling", False):
         return "per-head q/k norms or Llama-4 attention scaling"
     return None
+
+
+@support_torch_compile(
+    dynamic_arg_dims={"input_ids": {0: "b"}, "positions": {0: "b"}, "inputs_embeds": {0: "b"}},
+)
+class SharedBackbone(nn.Module):
+    """Both streams through the target's decoder (a vLLM `...Model`): stacked rows for layers 0..K-1, the target's
+    rows alone after; returns (T, 2H) = [target hidden | assistant hidden], each after the shared final norm.
+
+    Compiled by vLLM like the family's own backbone (it is the module that runs in shared mode); the target's modules
+    are held by reference, not registered here, so their parameters keep their names and are loaded once."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", decoder: nn.Module, assistant_layers: int) -> None:
+        super().__init__()
+        self._decoder = (decoder,)  # a tuple: not a registered submodule
+        self.assistant_layers = assistant_layers
+
+    def forward(
+        self, input_ids: torch.Tensor | None, positions: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        (model,) = self._decoder
+        hidden = model.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds  # (T, H), looked up once
+        tokens = hidden.shape[0]
+        hidden, residual = torch.cat([hidden, hidden]), None  # (2T, H): [target rows; assistant rows]
+        both_positions = torch.cat([positions, positions])
+        for layer in model.layers[: self.assistant_layers]:
+            hidden, residual = layer(both_positions, hidden, residual)
+        assistant_hidden, _ = model.norm(hidden[tokens:], residual[tokens:])  # (T, H)
+        hidden, residual = hidden[:tokens], residual[:tokens]
+        for layer in model.layers[self.assistant_layers :]:
+            hidden, residual = layer(positions, hidden, residual)
+        target_hidden, _ = model.norm(hidden, residual)  # (T, H)
+        return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)

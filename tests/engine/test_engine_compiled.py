@@ -1,5 +1,6 @@
 """With torch.compile on (vLLM's default, unlike the other engine tests), ULD is still exactly the reference's, also
-when the second engine start loads both backbones' compiled graphs from vLLM's cache."""
+when an engine start loads compiled graphs from vLLM's cache, and when the shared-weight backbone and the merged
+fallback's two backbones were compiled for the same bundle into the same cache."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ from helpers import engine
 from uld_vllm.reference import ReferenceDecoder
 
 
+def _compiled(model) -> dict:
+    backbone = model.backbone if model.shared else model.target.model
+    return {"shared": model.shared, "compiled": not getattr(backbone, "do_not_compile", True)}
+
+
 def test_compiled_engine_matches_reference_cold_and_from_compile_cache(bundle_factory, tmp_path, monkeypatch):
     bundle = bundle_factory(family="llama", assistant="lora", filter=0.1, assistant_layers=2)
-    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm-cache"))  # cold first start, warm second
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm-cache"))  # cold first start, warm afterwards
     reference = ReferenceDecoder.from_bundle(bundle)
     prompts = mixed_prompts(12, reference.target.config.vocab_size, seed=4)
     want = reference.generate(prompts, 12)
-    for start in ("cold", "from cache"):
-        with engine(bundle, enforce_eager=False) as llm:
+    starts = [("shared, cold", True), ("merged, same cache", False), ("shared, from cache", True)]
+    for start, shared in starts:
+        with engine(bundle, enforce_eager=False, hf_overrides={"uld_share_weights": shared}) as llm:
             assert greedy(llm, prompts, 12) == want, f"compiled engine ({start}) differs from the reference"
+            (layout,) = llm.apply_model(_compiled)
+            assert layout == {"shared": shared, "compiled": True}, start
