@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from uld_kernels.inputs import PerRow, SparseAssistant, check_logits, row_params
+from uld_kernels.inputs import PerRow, SparseAssistant, check_logits, check_sparse_filter, row_params
 from uld_kernels.reference import combine_and_sample_native
 from uld_vllm.combine import Mode
 
@@ -71,12 +71,13 @@ def combine_and_sample(
       temperature  >= 0; 0 = greedy: exactly argmax of combine's output, first index on ties
       top_k        keep the k most likely tokens (ties at the k-th kept); <= 0 or >= V = off
       top_p        keep the most likely tokens whose mass reaches p (on the top-k survivors); 1 = off
-      seeds/steps  int64; (seed, step) names the noise stream: the same pair always draws the same token
+      seeds/steps  integers; (seed, step) names the noise stream, so the same pair always draws the same token.
+                   Pass the decode position as the step: steps=None is step 0 for every call, the same noise.
     mode: "generate" (filtered tokens at -1e3 and never sampled) or "score" (combine's scoring mode; torch only).
     Returns token ids (B,) int64; with return_logprobs also their float32 log-probs under
     log_softmax(combined logits): before temperature and truncation, like vLLM's default raw log-probs.
     """
-    check_logits(target_logits, assistant_logits, None)
+    check_logits(target_logits, assistant_logits)
     batch, vocab = target_logits.shape
     rows = row_params(
         batch,
@@ -90,7 +91,7 @@ def combine_and_sample(
         seeds=seeds,
         steps=steps,
     )
-    check_logits(target_logits, assistant_logits, rows)
+    check_sparse_filter(assistant_logits, rows)
     if resolve_backend(backend, target_logits.device, mode) == "triton":
         from uld_kernels.combine_sample import combine_and_sample_triton  # triton imports only when it runs
 

@@ -37,6 +37,12 @@ STATS = 5  # per-row float32 stats written by _row_stats_kernel: target max, tar
 # assistant (rows without a filter), filter threshold on target log-probs (-inf: no filter)
 COUNT_DIGIT_BITS = 8  # counting radix selects: 256-bin tl.histogram, 4 passes over the row
 MASS_DIGIT_BITS = 4  # mass-weighted select (top-p): a (BLOCK, 16) one-hot sum per chunk, 8 passes
+BLOCK = 1024  # tokens per chunk
+# Warps per program. ptxas for sm_90 (BLOCK 1024, bf16): the stats kernel needs 39 registers a thread, the sample
+# kernel 190 at 8 warps (one 8-warp program per SM) but 109 at 16 (one 16-warp program per SM, no spills): 16 keeps
+# twice the loads in flight. Untuned on hardware: bench/kernel.py is where to tune them.
+STATS_WARPS = 8
+SAMPLE_WARPS = 16
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -60,9 +66,11 @@ def _token_bits(ids, key0, key1):
 
 @triton.jit
 def _gumbel(ids, key0, key1):
-    """rng.gumbel_noise: u = (top 23 bits + 0.5) * 2**-23 exactly, then -log(-log(u))."""
-    u = ((_token_bits(ids, key0, key1) >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07
-    return -tl.log(-tl.log(u))
+    """rng.gumbel_noise: w = min((bits + 0.5) * 2**-32, 1 - 2**-24), E = -log1p(-w) (Kahan), -log(E)."""
+    w = tl.minimum((_token_bits(ids, key0, key1).to(tl.float32) + 0.5) * 2.3283064365386963e-10, 0.9999999403953552)
+    y = 1.0 - w
+    e = tl.where(y == 1.0, w, -tl.log(y) * w / tl.where(y == 1.0, 1.0, 1.0 - y))
+    return -tl.log(e)
 
 
 @triton.jit
@@ -388,7 +396,7 @@ def _sample_kernel(
         best_c = tl.where(masked_wins, _MASKED, best_c)
         best_id = tl.where(masked_wins, first_masked, best_id)
         m_all = tl.maximum(m_c, _MASKED)
-        s_all = s_c * tl.exp(m_c - m_all) + n_masked.to(tl.float32) * tl.exp(_MASKED - m_all)
+        s_all = s_c * tl.exp(m_c - m_all) + n_masked.to(tl.float32) * tl.exp(-m_all + _MASKED)
         s_c = tl.where(n_masked > 0, s_all, s_c)
         m_c = tl.where(n_masked > 0, m_all, m_c)
 
@@ -398,7 +406,7 @@ def _sample_kernel(
         m_s = live_max * inv_t  # c -> c * inv_t is monotone, so this is the max scaled live logit
         floor = tl.full((), float("-inf"), tl.float32)
         top_k = tl.load(top_k_ptr + row)
-        if (top_k > 0) & (top_k < n_live):  # read 4 chunks of the row per pass
+        if (top_k > 0) & (top_k < n_live):  # 4 counting passes over the row
             floor = _select_scaled(
                 target_row, assistant_row, ids_row, N, V, stride_tv, stride_av, stride_iv,
                 weight, has_filter, thr, m_b, lz_b, m_a, lz_a, inv_t, m_s,
@@ -406,7 +414,7 @@ def _sample_kernel(
             )  # fmt: skip
         top_p = tl.load(top_p_ptr + row)
         if top_p < 1.0:
-            # Mass of the top-k survivors (the top-p target is p of it), then the mass-weighted select.
+            # Mass of the top-k survivors (the top-p target is p of it), then the mass-weighted select: 1 + 8 passes.
             z = tl.full((), 0.0, tl.float32)
             for start in range(0, N, BLOCK):
                 j = start + tl.arange(0, BLOCK)
@@ -463,8 +471,9 @@ def combine_and_sample_triton(
     rows: RowParams,
     return_logprobs: bool,
     *,
-    block: int = 1024,
-    num_warps: int = 8,
+    block: int = BLOCK,
+    stats_warps: int = STATS_WARPS,
+    sample_warps: int = SAMPLE_WARPS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generation-mode combine + sample of (B, V) target logits with a dense (B, V) or sparse assistant.
 
@@ -496,7 +505,7 @@ def combine_and_sample_triton(
         target.stride(0), target.stride(1), values.stride(0), values.stride(1),
         vocab,
         DENSE_ASSISTANT=not sparse, COUNT_KEPT=sparse, BLOCK=_block(vocab, block), DIGIT_BITS=COUNT_DIGIT_BITS,
-        num_warps=num_warps, enable_fp_fusion=False,
+        num_warps=stats_warps, enable_fp_fusion=False,
     )  # fmt: skip
     _sample_kernel[grid](
         target, values, ids, stats, kept, rows.filter_k,
@@ -506,7 +515,7 @@ def combine_and_sample_triton(
         domain, vocab,
         SPARSE=sparse, RETURN_LOGPROBS=return_logprobs, BLOCK=_block(domain, block),
         COUNT_BITS=COUNT_DIGIT_BITS, MASS_BITS=MASS_DIGIT_BITS,
-        num_warps=num_warps, enable_fp_fusion=False,  # b + w * a rounded twice, as torch computes it
+        num_warps=sample_warps, enable_fp_fusion=False,  # b + w * a rounded twice, as torch computes it
     )  # fmt: skip
     if sparse and bool((missing != 0).any()):
         row = int((missing != 0).nonzero()[0])
@@ -515,3 +524,28 @@ def combine_and_sample_triton(
             "its ids must cover every kept token"
         )
     return tokens, (logprobs if return_logprobs else None)
+
+
+@triton.jit
+def _noise_kernel(keys_ptr, ids_ptr, bits_ptr, gumbel_ptr, N, BLOCK: tl.constexpr):
+    """The sample kernel's noise for given ids, written out (B, N): how tests hold it against rng.py."""
+    row = tl.program_id(0).to(tl.int64)
+    key0 = tl.load(keys_ptr + row * 2).to(tl.uint32)
+    key1 = tl.load(keys_ptr + row * 2 + 1).to(tl.uint32)
+    for start in range(0, N, BLOCK):
+        j = start + tl.arange(0, BLOCK)
+        ids = tl.load(ids_ptr + j, mask=j < N, other=0)
+        tl.store(bits_ptr + row * N + j, _token_bits(ids, key0, key1).to(tl.int64), mask=j < N)
+        tl.store(gumbel_ptr + row * N + j, _gumbel(ids, key0, key1), mask=j < N)
+
+
+def noise_triton(keys: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bits int64, gumbel float32), each (B, N), from the kernel's noise code: keys (B, 2) int64, token_ids (N,)."""
+    assert keys.dim() == 2 and keys.shape[1] == 2 and keys.dtype == torch.int64 and token_ids.dim() == 1
+    keys, token_ids = keys.contiguous(), token_ids.to(torch.int64).contiguous()
+    bits = torch.empty(keys.shape[0], token_ids.shape[0], dtype=torch.int64, device=keys.device)
+    gumbel = torch.empty(bits.shape, dtype=torch.float32, device=keys.device)
+    _noise_kernel[(keys.shape[0],)](
+        keys, token_ids, bits, gumbel, token_ids.shape[0], BLOCK=1024, enable_fp_fusion=False
+    )
+    return bits, gumbel

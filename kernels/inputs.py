@@ -181,7 +181,7 @@ def row_params(
     )
 
 
-def check_logits(target: torch.Tensor, assistant: torch.Tensor | SparseAssistant, rows: RowParams | None) -> None:
+def check_logits(target: torch.Tensor, assistant: torch.Tensor | SparseAssistant) -> None:
     """ValueError unless target is (B, V) floating logits and the assistant matches it (see SparseAssistant)."""
     if target.dim() != 2 or target.shape[0] < 1 or target.shape[1] < 1:
         raise ValueError(f"target logits must be (B, V), got shape {tuple(target.shape)}")
@@ -194,8 +194,6 @@ def check_logits(target: torch.Tensor, assistant: torch.Tensor | SparseAssistant
         assistant.check(batch, vocab)
         if assistant.logits.device != target.device or assistant.ids.device != target.device:
             raise ValueError("SparseAssistant tensors must be on the target logits' device")
-        if rows is not None and not bool((rows.filter > 0).all()):
-            raise ValueError("a SparseAssistant needs filter > 0 on every row (filter 0 reads the whole assistant row)")
         return
     if not isinstance(assistant, torch.Tensor):
         raise ValueError(f"assistant logits must be a tensor or a SparseAssistant, got {type(assistant).__name__}")
@@ -205,3 +203,9 @@ def check_logits(target: torch.Tensor, assistant: torch.Tensor | SparseAssistant
         raise ValueError(f"assistant logits must be float32, bfloat16 or float16, got {assistant.dtype}")
     if assistant.device != target.device:
         raise ValueError(f"assistant logits on {assistant.device}, target on {target.device}")
+
+
+def check_sparse_filter(assistant: torch.Tensor | SparseAssistant, rows: RowParams) -> None:
+    """A sparse assistant leaves out tokens only the filter may ignore: every row needs filter > 0."""
+    if isinstance(assistant, SparseAssistant) and not bool((rows.filter > 0).all()):
+        raise ValueError("a SparseAssistant needs filter > 0 on every row (filter 0 reads the whole assistant row)")

@@ -31,16 +31,17 @@ def combined_logits(
         dense, covered = assistant, None
     out = torch.empty(target.shape, dtype=torch.float32, device=target.device)
     for weight, filter, index in rows.groups():
-        if covered is not None:
-            keep = ~relative_top_mask(target[index], filter)  # read BV (and a top-k): the contract check
-            missing = keep & ~covered[index]
+        implausible = None
+        if covered is not None:  # sparse: filter > 0 on every row (checked by the caller)
+            implausible = relative_top_mask(target[index], filter)  # read BV (and a top-k); combine reuses it
+            missing = ~implausible & ~covered[index]
             if bool(missing.any()):
                 row = int(index[missing.any(dim=-1)][0])
                 raise ValueError(
                     f"SparseAssistant misses {int(missing.sum())} token(s) the filter keeps (first in row {row}): "
                     "its ids must cover every kept token"
                 )
-        out[index] = combine(target[index], dense[index], weight, filter, mode)  # read 2BV, several passes
+        out[index] = combine(target[index], dense[index], weight, filter, mode, implausible)  # read 2BV, passes
     return out
 
 

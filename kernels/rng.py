@@ -8,8 +8,14 @@ exact in both: xor, shifts, multiplication modulo 2**32.
 
     keys   = stream_keys(seed, step)                 # per row: a 64-bit key, a bijection of the seed for each step
     bits   = fmix32(fmix32(token ^ key0) ^ key1)     # per token: a keyed permutation of the 32-bit token ids
-    u      = (bits >> 9 + 0.5) / 2**23               # exact in float32, strictly inside (0, 1)
-    gumbel = -log(-log(u))
+    w      = min((float32(bits) + 0.5) * 2**-32, 1 - 2**-24)   # uniform in (0, 1), fine-grained near 0
+    E      = -log1p(-w)                              # Exp(1); Kahan's log1p from log, the same ops on both sides
+    gumbel = -log(E)
+
+Why w near 0 matters: the race is won by the tokens with the smallest E (largest Gumbel). With the usual
+u = 24-bit fixed point and E = -log(u), E is quantized in steps of 2**-24 where it matters: at V = 262144 the winner's
+E is ~1/V, only ~64 steps, and the top two tokens share a step ~1% of the time (a tie: the lower id wins). Taking E
+from w = 1 - u with float32's relative precision near 0 makes those steps 2**-32 (and ties ~V * 2**-32).
 
 fmix32 is MurmurHash3's finalizer (a bijection of uint32 with full avalanche); two rounds keyed by 64 bits give
 distinct bits for the tokens of one row and unrelated streams for different (seed, step) pairs. It is not a
@@ -28,7 +34,6 @@ SEED_SALT = 0x243F6A88
 STEP_SALT = 0x85A308D3
 MURMUR_C1 = 0x85EBCA6B
 MURMUR_C2 = 0xC2B2AE35
-UNIFORM_BITS = 23  # u = (top 23 bits + 0.5) / 2**23: 24 significant bits at most, so exact in float32
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -59,6 +64,7 @@ def stream_keys(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     x1 = fmix32(((seeds >> 32) & MASK32) ^ x0 ^ STEP_SALT)
     x0 = fmix32(x0 ^ (steps & MASK32) ^ x1)
     x1 = fmix32(x1 ^ ((steps >> 32) & MASK32) ^ x0)
+    x0 = fmix32(x0 ^ x1)  # so the step's high word reaches key0 too
     return torch.stack([x0, x1], dim=-1)
 
 
@@ -68,11 +74,18 @@ def token_bits(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     return fmix32(fmix32(ids ^ keys[:, :1]) ^ keys[:, 1:])
 
 
-def uniform(bits: torch.Tensor) -> torch.Tensor:
-    """float32 in (0, 1), exact: the top 23 bits plus one half, scaled by 2**-23."""
-    return ((bits >> (32 - UNIFORM_BITS)).to(torch.float32) + 0.5) * 2.0**-UNIFORM_BITS
+def unit_interval(bits: torch.Tensor) -> torch.Tensor:
+    """float32 uniform in (0, 1): 32 random bits as a float (round to nearest), never 0 (the + 0.5) nor 1 (the min)."""
+    return torch.clamp_max((bits.to(torch.float32) + 0.5) * 2.0**-32, 1.0 - 2.0**-24)
+
+
+def exponential(w: torch.Tensor) -> torch.Tensor:
+    """Exp(1) variates -log1p(-w) of uniforms w, accurate for small w, by Kahan's log1p(x) = log(1 + x) * x / ((1 +
+    x) - 1) (Triton has no log1p; both backends compute exactly these float32 operations, in this order)."""
+    y = 1.0 - w
+    return torch.where(y == 1.0, w, -torch.log(y) * w / torch.where(y == 1.0, 1.0, 1.0 - y))
 
 
 def gumbel_noise(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise (B, N) float32 for the tokens of each row's (seed, step) stream."""
-    return -torch.log(-torch.log(uniform(token_bits(keys, token_ids))))
+    return -torch.log(exponential(unit_interval(token_bits(keys, token_ids))))
