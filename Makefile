@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo default-model quality bench
+.PHONY: setup test lint demo default-model quality bench bench-kernel
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,11 @@ default-model: setup
 quality: setup
 	$(PY) bench/quality.py
 
-# ULD vs plain vLLM vs the HF reference, with the physical limits (about 7 minutes on 2 cores): bench/results/.
+# ULD (shared weights, filter 0 and 0.01, sparse vs dense head, merged fallback) vs plain vLLM vs the HF reference,
+# decode and scoring, with the limits of the work done (about 55 minutes on 2 cores): bench/results/.
 bench: setup
 	$(PY) bench/throughput.py
+
+# The fused combine+sample kernel vs the unfused torch chain, with the device's copy bandwidth (CUDA only).
+bench-kernel: setup
+	$(PY) bench/kernel.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from helpers import refusal
 
 from uld_vllm import plugin
 
@@ -15,9 +16,11 @@ def test_register_installs_the_scoring_and_seed_hooks_once():
 
     hooked = GPUModelRunner._get_prompt_logprobs_dict
     assert plugin.scoring_hooks_installed() and hooked._uld_scoring
-    assert GPUModelRunner._sample._uld_seed_rewind
+    sample = GPUModelRunner._sample
+    assert plugin._is_wrapped(sample, "_uld_seed_rewind") and plugin._is_wrapped(sample, "_uld_fused")
     plugin.register()  # vLLM calls it in every process, possibly more than once
     assert GPUModelRunner._get_prompt_logprobs_dict is hooked  # not wrapped twice
+    assert GPUModelRunner._sample is sample
     assert not getattr(hooked.__wrapped__, "_uld_scoring", False)
     from vllm import ModelRegistry
 
@@ -51,11 +54,8 @@ def test_uld_eval_refuses_to_score_a_bundle_without_the_scoring_hook(monkeypatch
 
     data = write_eval_dir(tmp_path / "data")
     monkeypatch.setattr(plugin, "scoring_hooks_installed", lambda: False)
-    argv = ["run", "--model", str(llama_bundle), "--data", str(data), "--output", str(tmp_path / "o")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("uld-eval: error: this vLLM's prompt-logprob entry point could not be hooked")
-    assert "\n" not in err
+    err = refusal(capsys, main, "run", "--model", llama_bundle, "--data", data, "--output", tmp_path / "o")
+    assert err.startswith("this vLLM's prompt-logprob entry point could not be hooked")
 
 
 @pytest.mark.parametrize("version, warns", [("0.32.0+cpu", False), ("0.33.0", True)])

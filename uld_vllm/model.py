@@ -2,7 +2,10 @@
 
 Shape follows vLLM's llama.py: keyword-only constructor, distinct prefixes ("target", "assistant") so every attention
 layer has a unique name (and so its own KV cache), `forward` -> hidden states, `compute_logits` -> ULD logits.
-The assistant shares the target's embeddings, final norm and LM head modules: stored and loaded once.
+The assistant shares the target's embeddings, final norm and LM head (paper section 3). Two ways to hold its K layers:
+shared weights (a LoRA assistant: the target's own first K layers run both streams, uld_vllm.shared) or a merged copy
+(the fallback: full assistants, tensor parallelism, quantized targets). With the filter on, the assistant's LM head
+is computed only where ULD reads it (uld_vllm.head).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from uld_vllm.bundle import (
     read_bundle,
 )
 from uld_vllm.combine import Mode, combine, relative_top_mask
+from uld_vllm.fused import RawLogits, fused_backend
 from uld_vllm.head import HeadStats, union_assistant_logits
 from uld_vllm.shared import SharedBackbone, can_share, wrap_layers
 
@@ -81,45 +85,58 @@ class ULDForCausalLM(nn.Module):
         self.target = family(vllm_config=vllm_config, prefix=_join(prefix, "target"))
         self.hidden_size = config.hidden_size
         self.make_empty_intermediate_tensors = self.target.make_empty_intermediate_tensors
-        layers = self.target.model.layers
-        not_shared = can_share(
-            layers, vllm_config.parallel_config.tensor_parallel_size, vllm_config.quant_config is not None
+        tensor_parallel = vllm_config.parallel_config.tensor_parallel_size
+        self.not_shared_because = can_share(
+            self.target.model.layers, tensor_parallel, vllm_config.quant_config is not None
         )
         if self.settings.assistant_format != "lora":
-            not_shared = "a full (not LoRA) assistant checkpoint"
+            self.not_shared_because = "a full (not LoRA) assistant checkpoint"
         if getattr(config, "uld_share_weights", True) is False:
-            not_shared = "uld_share_weights=False"
-        self.shared = not_shared is None
+            self.not_shared_because = "uld_share_weights=False"
+        self.shared = self.not_shared_because is None
         # The sparse assistant head reads lm_head.weight directly: a whole (unsharded) head with plain logits.
         processor = self.target.logits_processor
         self.sparse_head = (
-            vllm_config.parallel_config.tensor_parallel_size == 1
+            tensor_parallel == 1
             and getattr(processor, "scale", 1.0) == 1.0
             and getattr(processor, "soft_cap", None) is None
             and getattr(config, "uld_sparse_head", True) is not False
         )
         self.head_stats = HeadStats()
-        self.not_shared_because = not_shared
+        # Sampling through the fused kernel where the plugin's _sample hook finds a qualifying step (uld_vllm.fused).
+        device = torch.device(vllm_config.device_config.device)
+        self.fused_sampling = fused_backend(getattr(config, "uld_fused_sampling", "auto"), device)
+        self.raw_logits: RawLogits | None = None
         if self.shared:
-            # Only the assistant's attention layers are its own (own names, so own paged KV caches); its weights are
-            # the target's, wrapped with its LoRA once they are loaded (uld_vllm.shared.wrap_layers).
-            self.assistant_attention = nn.ModuleList(
-                _attention_like(
-                    layers[i].self_attn, vllm_config, _join(prefix, f"assistant.model.layers.{i}.self_attn.attn")
-                )
-                for i in range(self.settings.assistant_layers)
+            self._build_shared(vllm_config, prefix)
+        else:
+            self._build_merged(vllm_config, prefix, family)
+
+    def _build_shared(self, vllm_config: VllmConfig, prefix: str) -> None:
+        """Only the assistant's attention layers are its own (own names, so own paged KV caches); its weights are the
+        target's, wrapped with its LoRA once they are loaded (uld_vllm.shared.wrap_layers)."""
+        config = vllm_config.model_config.hf_config
+        layers = self.target.model.layers
+        self.assistant_attention = nn.ModuleList(
+            _attention_like(
+                layers[i].self_attn, vllm_config, _join(prefix, f"assistant.model.layers.{i}.self_attn.attn")
             )
-            # Its own compile-cache key (see the assistant's below): vLLM's hash does not see that this backbone runs
-            # a different graph from the target's own on the same bundle.
-            backbone_config = vllm_config.with_hf_config(config, list(config.architectures))
-            backbone_config.model_config.model = str(Path(vllm_config.model_config.model) / "shared-backbone")
-            self.backbone = SharedBackbone(
-                vllm_config=backbone_config,
-                prefix=_join(prefix, "backbone"),
-                decoder=self.target.model,
-                assistant_layers=self.settings.assistant_layers,
-            )
-            return
+            for i in range(self.settings.assistant_layers)
+        )
+        # Its own compile-cache key (see _build_merged): vLLM's hash does not see that this backbone runs another
+        # graph than the target's own on the same bundle.
+        backbone_config = vllm_config.with_hf_config(config, list(config.architectures))
+        backbone_config.model_config.model = str(Path(vllm_config.model_config.model) / "shared-backbone")
+        self.backbone = SharedBackbone(
+            vllm_config=backbone_config,
+            prefix=_join(prefix, "backbone"),
+            decoder=self.target.model,
+            assistant_layers=self.settings.assistant_layers,
+        )
+
+    def _build_merged(self, vllm_config: VllmConfig, prefix: str, family: type[nn.Module]) -> None:
+        """The fallback: a second K-layer model holding the assistant's layers with the LoRA merged (a copy)."""
+        config = vllm_config.model_config.hf_config
         small = assistant_config(config, self.settings.assistant_layers)
         assistant_vllm_config = vllm_config.with_hf_config(small, list(config.architectures))
         # vLLM keys its torch.compile (AOT) cache on VllmConfig.compute_hash(), which does not see hf_config: the two
@@ -154,18 +171,21 @@ class ULDForCausalLM(nn.Module):
         target_hidden, assistant_hidden = hidden_states.split(self.hidden_size, dim=-1)  # (N, H) each
         weight, filter, mode = self.settings.weight, self.settings.filter, _MODE.get()
         head, logits_processor = self.target.lm_head, self.target.logits_processor
+        implausible = None
         if filter == 0.0 or not self.sparse_head:
             # One GEMM over both streams' rows: the LM head's weight is read once.
             logits = logits_processor(head, torch.cat([target_hidden, assistant_hidden]))
             if logits is None:  # not the last pipeline rank
                 return None
             target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
-            return combine(target_logits, assistant_logits, weight, filter, mode)
-        target_logits = logits_processor(head, target_hidden)  # (N, V)
-        implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
-        assistant_logits = union_assistant_logits(assistant_hidden, head.weight, ~implausible, self.head_stats)
-        if assistant_logits is None:  # the union is most of the vocabulary: the dense head is cheaper
-            assistant_logits = logits_processor(head, assistant_hidden)
+        else:
+            target_logits = logits_processor(head, target_hidden)  # (N, V)
+            implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
+            assistant_logits = union_assistant_logits(assistant_hidden, head.weight, ~implausible, self.head_stats)
+            if assistant_logits is None:  # the union is most of the vocabulary: the dense head is cheaper
+                assistant_logits = logits_processor(head, assistant_hidden)
+        if self.fused_sampling is not None and mode == "generate":
+            self.raw_logits = RawLogits(target_logits, assistant_logits, weight, filter)
         return combine(target_logits, assistant_logits, weight, filter, mode, implausible)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

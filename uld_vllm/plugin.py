@@ -93,7 +93,7 @@ def _vllm_version() -> str:
 def register() -> None:
     """Register ULDForCausalLM and install the hooks. Never raises: vLLM runs this in every process whatever model it
     serves, and a plugin that fails there would break models that have nothing to do with ULD."""
-    for step in (_register_model, install_scoring_hooks, install_cpu_seed_rewind):
+    for step in (_register_model, install_scoring_hooks, install_fused_sampling, install_cpu_seed_rewind):
         try:
             step()
         except Exception as e:  # noqa: BLE001 - see the docstring; the warning names what stood down
@@ -168,7 +168,7 @@ def install_cpu_seed_rewind() -> bool:
     if any(cls is None for cls in targets):
         return False
     GPUModelRunner = targets[0]  # noqa: N806 - the vLLM class itself
-    if getattr(GPUModelRunner._sample, "_uld_seed_rewind", False):
+    if _is_wrapped(GPUModelRunner._sample, "_uld_seed_rewind"):
         return True
     sample, bookkeeping = GPUModelRunner._sample, GPUModelRunner._bookkeeping_sync
 
@@ -202,3 +202,40 @@ def install_cpu_seed_rewind() -> bool:
     GPUModelRunner._sample = sample_and_rewind
     GPUModelRunner._bookkeeping_sync = bookkeeping_without_offset_rewind
     return True
+
+
+def install_fused_sampling() -> bool:
+    """Let ULD models sample through the fused kernel: wrap the runner's `_sample` (see uld_vllm.fused). Models that
+    are not ULD, or steps that do not qualify, take vLLM's own path unchanged. Idempotent."""
+    cls = SEED_REWIND_PATCHES[0].target()  # GPUModelRunner._sample(self, logits, spec_decode_metadata)
+    if cls is None:
+        return False
+    if _is_wrapped(cls._sample, "_uld_fused"):
+        return True
+    sample = cls._sample
+
+    @functools.wraps(sample)
+    def sample_fused_when_it_applies(self, logits, spec_decode_metadata, *args, **kwargs):
+        model = self.get_model()
+        backend = getattr(model, "fused_sampling", None)
+        if backend is not None and spec_decode_metadata is None and logits is not None:
+            from uld_vllm.fused import fused_sample
+
+            self.input_batch.update_async_output_token_ids()
+            output = fused_sample(model, self.input_batch, backend)
+            if output is not None:
+                return output
+        return sample(self, logits, spec_decode_metadata, *args, **kwargs)
+
+    sample_fused_when_it_applies._uld_fused = True
+    cls._sample = sample_fused_when_it_applies
+    return True
+
+
+def _is_wrapped(method, marker: str) -> bool:
+    """Whether `method`, or a method it wraps (functools.wraps chains), carries `marker`."""
+    while method is not None:
+        if getattr(method, marker, False):
+            return True
+        method = getattr(method, "__wrapped__", None)
+    return False

@@ -15,11 +15,20 @@ from uld_vllm.reference import ReferenceDecoder, SamplingConfig, sampling_probs
 DRAWS = 3000
 
 
-@pytest.fixture(scope="module")
-def uld(bundle_factory):
+def _fused_steps(model) -> int:
+    return getattr(model, "fused_steps", 0)
+
+
+@pytest.fixture(scope="module", params=["vllm-sampler", "fused-kernel-torch-twin"])
+def uld(bundle_factory, request):
+    """The engine sampling with vLLM's sampler on the combined logits, and through the fused kernel's path
+    (uld_vllm.fused; its torch twin on CPU, the Triton kernel on CUDA)."""
     bundle = bundle_factory(family="llama", assistant="lora", filter=0.1, assistant_layers=2)
-    with engine(bundle) as llm:
+    fused = "torch" if request.param.startswith("fused") else "off"
+    with engine(bundle, hf_overrides={"uld_fused_sampling": fused}) as llm:
         yield llm, ReferenceDecoder.from_bundle(bundle)
+        (steps,) = llm.apply_model(_fused_steps)
+        assert (steps > 0) == (fused == "torch"), f"{steps} fused sampling steps with uld_fused_sampling={fused}"
 
 
 def first_tokens(llm, prompt: list[int], **params) -> np.ndarray:
