@@ -474,6 +474,15 @@ def goals(report: dict) -> list[dict]:
     return out
 
 
+def per_batch_table(results: dict, sizes: list[int], key: str, fmt: str) -> list[str]:
+    """Markdown rows: one per system, one column per batch size, the decode measurement `key`."""
+    lines = ["| system | " + " | ".join(f"B={b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for system, res in results.items():
+        cells = [format(res["decode"][str(b)][key], fmt) if str(b) in res["decode"] else "-" for b in sizes]
+        lines.append(f"| {system} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(report: dict, name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -488,12 +497,8 @@ def write_report(report: dict, name: str) -> None:
         "",
         "## Decode: output tokens/s (prompts 16-256 tokens, 16-128 new tokens each, EOS ignored, greedy)",
         "",
-        "| system | " + " | ".join(f"B={b}" for b in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
+        *per_batch_table(r, sizes, "tok_s", ".1f"),
     ]
-    for system, res in r.items():
-        cells = [f"{res['decode'][str(b)]['tok_s']:.1f}" if str(b) in res["decode"] else "-" for b in sizes]
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| ratio | " + " | ".join(f"B={b}" for b in sizes) + " | limit |",
@@ -513,12 +518,8 @@ def write_report(report: dict, name: str) -> None:
         "",
         "## Time to first token (s; the same B prompts, max_tokens 1)",
         "",
-        "| system | " + " | ".join(f"B={b}" for b in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
+        *per_batch_table(r, sizes, "ttft_s", ".3f"),
     ]
-    for system, res in r.items():
-        cells = [f"{res['decode'][str(b)]['ttft_s']:.3f}" if str(b) in res["decode"] else "-" for b in sizes]
-        lines.append(f"| {system} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Scoring, engine start, memory",
