@@ -63,6 +63,11 @@ LORA_RANK = 16
 # ------------------------------------------------------------------------------------------------------- the model
 
 
+def assistant_depth(layers: int) -> int:
+    """K = L/4: the bench assistant's depth."""
+    return max(1, layers // 4)
+
+
 def build_model(work: Path, shape: dict, seed: int = 0) -> Path:
     """A random Llama with a realistic head, as a ULD bundle (LoRA assistant over K = L/4 layers); cached."""
     from uld_vllm.testing import build_test_bundle
@@ -73,7 +78,7 @@ def build_model(work: Path, shape: dict, seed: int = 0) -> Path:
     build_test_bundle(
         work,
         layers=shape["layers"],
-        assistant_layers=max(1, shape["layers"] // 4),
+        assistant_layers=assistant_depth(shape["layers"]),
         hidden=shape["hidden"],
         filter=FILTER,
         seed=seed,
@@ -191,7 +196,8 @@ def model_costs(config, rank: int, mean_union: float | None) -> dict[str, float]
     or over the mean union of kept tokens (sparse head)."""
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    layers, k = config.num_hidden_layers, max(1, config.num_hidden_layers // 4)
+    layers = config.num_hidden_layers
+    k = assistant_depth(layers)
     layer = h * h * 2 + h * kv * 2 + 3 * h * i
     lora = rank * ((h + h + 2 * kv) + (h + h) + (h + 2 * i) + (i + h))  # qkv, o, gate_up, down
     head = h * v
@@ -397,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python "
         + " ".join(shlex.quote(a) for a in ["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(dtype),
-        "shape": shape | {"assistant_layers": max(1, shape["layers"] // 4), "lora_rank": LORA_RANK},
+        "shape": shape | {"assistant_layers": assistant_depth(shape["layers"]), "lora_rank": LORA_RANK},
         "head_realism": head,
         "costs": model_costs(config, LORA_RANK, union),
         "spec": spec,

@@ -100,10 +100,8 @@ def wrap_layers(layers: nn.ModuleList, assistant_attention: nn.ModuleList, pairs
             parent_name, _, leaf = fused.rpartition(".")
             parent = layer.get_submodule(parent_name)
             base = getattr(parent, leaf)
+            # vLLM's fused layers list their parts' sizes (q, k, v / gate, up); unsharded, as can_share requires.
             out_sizes = list(getattr(base, "output_sizes", [base.output_size]))
-            if fused == "self_attn.qkv_proj":
-                attn = layer.self_attn
-                out_sizes = [attn.q_size, attn.kv_size, attn.kv_size]
             lora = stacked_lora(pairs, prefix, projections, out_sizes)
             if lora is None:
                 continue
