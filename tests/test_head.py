@@ -1,11 +1,15 @@
-"""The sparse assistant head: the dense head's logits on every kept token, and the dense path when that is cheaper."""
+"""The assistant's head: the union head gives the dense head's logits wherever ULD reads them, and the cost rule
+picks the stacked dense GEMM where the union cannot win."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from uld_vllm.combine import combine, relative_top_mask
-from uld_vllm.head import HeadStats, union_assistant_logits
+from uld_vllm.head import DEFAULT_RULES, AssistantHead, SparseRule
+
+EVERY_CALL = SparseRule(min_rows=1, max_union_fraction=0.5)
 
 
 def test_union_head_equals_the_dense_head_wherever_ULD_reads_it():
@@ -14,23 +18,61 @@ def test_union_head_equals_the_dense_head_wherever_ULD_reads_it():
     x, weight = torch.randn(rows, hidden), torch.randn(vocab + 24, hidden)  # + vocab padding rows, never read
     target = torch.randn(rows, vocab) * 4
     implausible = relative_top_mask(target, 0.01)
-    stats = HeadStats()
-    sparse = union_assistant_logits(x, weight, ~implausible, stats)
+    head = AssistantHead(EVERY_CALL)
+    sparse = head.union_logits(x, weight, ~implausible)
     dense = x @ weight[:vocab].T
-    assert sparse is not None and stats.sparse_calls == 1
+    assert sparse is not None and head.stats.sparse_calls == 1
     torch.testing.assert_close(sparse[~implausible], dense[~implausible], rtol=1e-5, atol=1e-5)
     assert (sparse[:, ~(~implausible).any(0)] == 0).all()  # outside the union: nothing computed
     for mode in ("generate", "score"):
         torch.testing.assert_close(
             combine(target, sparse, -0.8, 0.01, mode, implausible), combine(target, dense, -0.8, 0.01, mode)
         )
-    assert stats.as_dict()["mean_kept_per_row"] >= int(0.01 * vocab)  # at least k = int(r * V) per row
+    assert head.stats.as_dict()["mean_kept_per_row"] >= int(0.01 * vocab)  # at least k = int(r * V) per row
 
 
-def test_a_union_over_half_the_vocabulary_leaves_the_head_dense():
+def test_the_kept_gather_buffer_serves_smaller_and_larger_unions():
+    torch.manual_seed(2)
+    x, weight = torch.randn(3, 16), torch.randn(200, 16)
+    head = AssistantHead(EVERY_CALL)
+    for kept in (80, 20, 100):
+        keep = torch.zeros(3, 200, dtype=torch.bool)
+        keep[:, torch.randperm(200)[:kept]] = True
+        torch.testing.assert_close(head.union_logits(x, weight, keep)[keep], (x @ weight.T)[keep])
+
+
+def test_a_union_over_the_bound_falls_back_and_the_next_call_stacks():
     vocab = 100
     keep = torch.zeros(3, vocab, dtype=torch.bool)
     keep[0, :30], keep[1, 30:60] = True, True  # 60 of 100 tokens kept by some row
-    stats = HeadStats()
-    assert union_assistant_logits(torch.randn(3, 8), torch.randn(vocab, 8), keep, stats) is None
-    assert (stats.calls, stats.sparse_calls, stats.union) == (1, 0, 60)
+    head = AssistantHead(EVERY_CALL)
+    assert head.plans_union(3)
+    assert head.union_logits(torch.randn(3, 8), torch.randn(vocab, 8), keep) is None
+    assert (head.stats.calls, head.stats.sparse_calls, head.stats.fallback_calls, head.stats.union) == (1, 0, 1, 60)
+    assert not head.plans_union(3), "a union over the bound predicts the next call: stacked dense"
+    head.observe(keep[:1])  # the stacked path still observes: 30 of 100
+    assert head.plans_union(3)
+
+
+def test_few_rows_take_the_stacked_head_and_are_not_counted():
+    head = AssistantHead(SparseRule(min_rows=64, max_union_fraction=0.25))
+    assert not head.plans_union(63) and head.plans_union(64)
+    assert head.observe(torch.ones(8, 10, dtype=torch.bool)) is None and head.stats.calls == 0
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        (True, DEFAULT_RULES["cpu"]),
+        (False, None),
+        ({"min_rows": 2, "max_union_fraction": 0.4}, SparseRule(2, 0.4)),
+    ],
+)
+def test_the_setting_chooses_the_rule(setting, expected):
+    assert SparseRule.from_setting(setting, "cpu") == expected
+
+
+@pytest.mark.parametrize("setting", ["yes", {"min_rows": 0, "max_union_fraction": 0.4}, {"min_rows": 4}])
+def test_a_bad_setting_is_refused_by_name(setting):
+    with pytest.raises(ValueError, match="uld_sparse_head must be"):
+        SparseRule.from_setting(setting, "cpu")

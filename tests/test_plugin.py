@@ -10,9 +10,14 @@ from helpers import refusal
 from uld_vllm import plugin
 
 
-def test_register_installs_the_scoring_and_seed_hooks_once():
+def test_register_installs_the_scoring_seed_and_cache_hooks_once():
+    import torch.compiler
+
     plugin.register()
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    load = torch.compiler.load_compiled_function
+    assert plugin._is_wrapped(load, "_uld_cache_load")
 
     hooked = GPUModelRunner._get_prompt_logprobs_dict
     assert plugin.scoring_hooks_installed() and hooked._uld_scoring
@@ -21,6 +26,7 @@ def test_register_installs_the_scoring_and_seed_hooks_once():
     plugin.register()  # vLLM calls it in every process, possibly more than once
     assert GPUModelRunner._get_prompt_logprobs_dict is hooked  # not wrapped twice
     assert GPUModelRunner._sample is sample
+    assert torch.compiler.load_compiled_function is load
     assert not getattr(hooked.__wrapped__, "_uld_scoring", False)
     from vllm import ModelRegistry
 

@@ -1,19 +1,30 @@
-"""The assistant's LM head, computed only where ULD reads it.
+"""The assistant's LM head, computed only where ULD reads it, and only where that is cheaper than the dense head.
 
 With the plausibility filter on (r > 0), the assistant's logit of a token the target rules out is never used (a' = 0
 there, ../shared/ULD_REFERENCE.md section 3), in generation and in scoring mode alike. So once the target's logits
-and its keep set are known, the assistant's head is only needed on the kept tokens. Per row that is at least
-k = int(r * V) tokens (320 of 32000 at r = 0.01), often not many more; over a batch, the rows' keep sets overlap
-(frequent tokens lead in every context), so their union U is what one GEMM computes: hidden (N, H) @ W[U].T.
+and its keep set are known, the assistant's head is only needed on the kept tokens: at least k = int(r * V) per row
+(320 of 32000 at r = 0.01), often not many more. Over a batch the rows' keep sets overlap (frequent tokens lead in
+every context), so their union U is what one GEMM computes: hidden (N, H) @ W[U].T.
 
 Why the union and not per-row gathers: a per-row gather moves N * k rows of W (at N = 64, k = 320, H = 1024: 84 MB
 in fp32, more than the whole 32000-row head), and a batched GEMV over them cannot use the GEMM's blocking; the union
-gathers each needed row once. At N = 1 the two are the same.
+gathers each needed row once.
 
-When dense is cheaper: the union costs a gather of U rows (read + write U*H) and a GEMM over U columns; the dense
-head reads all V rows once and does N*V*H multiply-adds. Weight-bound (small N) the union wins while 2U < V;
-compute-bound (large N) while U < V. `UNION_FRACTION_MAX` takes the smaller bound, so the sparse head never costs
-more than the dense one; beyond it (flat rows keep almost everything, or a very diverse batch) the dense head runs.
+When the dense head is cheaper, and why the choice comes before the target's logits: the dense path runs ONE GEMM
+over both streams' rows [target; assistant], which reads the head's weight once. Where that GEMM is weight-bound
+(few rows) the assistant's rows ride along almost free, and no union can beat free: the sparse path first needs the
+target's logits alone (the same weight read), then gathers U rows and runs a second GEMM. Measured with vLLM's CPU
+GEMM (oneDNN, fp32, 2 AVX2 cores, V = 32000, H = 1024): stacking the assistant's rows added 0.7 ms to the target's
+7.9 ms at N = 1, 2.2 ms to 12.4 at N = 8, 27 ms to 38 at N = 64 and 58 ms to 68 at N = 128; the union path (gather
+into a kept buffer + GEMM) cost 3 + 11 = 14 ms at N = 8 and 3 + 19 = 22 ms at N = 64 for U = V/4, and 6 + 40 ms for
+U = V/2 at N = 64. So the union wins only where the head is compute-bound (N >= 64 here) and U <= V/4. On a GPU the
+head stays weight-bound to a few hundred rows (H100, bf16: about 300 FLOPs per byte), hence its larger `min_rows`
+(from that roofline; not measured here). `SparseRule` holds the two numbers; `uld_sparse_head` in hf_overrides can
+replace them ({"min_rows": ..., "max_union_fraction": ...}) or turn the union head off (False).
+
+The union is only known after the target's logits, so the choice uses the last qualifying call's union (decode steps
+of one batch keep similar keep sets); when the union turns out larger than the rule allows, the assistant's head runs
+dense on its own rows and the next call goes back to the stacked GEMM. Every path gives the dense path's output.
 """
 
 from __future__ import annotations
@@ -21,17 +32,43 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-UNION_FRACTION_MAX = 0.5
+
+@dataclass(frozen=True)
+class SparseRule:
+    """When the union head runs: at least `min_rows` logits rows and a union of at most `max_union_fraction` * V."""
+
+    min_rows: int
+    max_union_fraction: float
+
+    @classmethod
+    def from_setting(cls, setting: object, device_type: str) -> SparseRule | None:
+        """`uld_sparse_head` from hf_overrides: True (this device's default), False (off) or the two numbers."""
+        if setting is False:
+            return None
+        if setting is True or setting is None:
+            return DEFAULT_RULES.get(device_type, DEFAULT_RULES["cuda"])
+        if isinstance(setting, dict) and set(setting) == {"min_rows", "max_union_fraction"}:
+            rule = cls(int(setting["min_rows"]), float(setting["max_union_fraction"]))
+            if rule.min_rows >= 1 and 0.0 < rule.max_union_fraction <= 1.0:
+                return rule
+        raise ValueError(
+            "uld_sparse_head must be true, false or {'min_rows': n >= 1, 'max_union_fraction': 0 < f <= 1}, "
+            f"got {setting!r}"
+        )
+
+
+# Measured on CPU (module docstring); CUDA from the H100 roofline.
+DEFAULT_RULES = {"cpu": SparseRule(min_rows=64, max_union_fraction=0.25), "cuda": SparseRule(256, 0.25)}
 
 
 @dataclass
 class HeadStats:
-    """What the sparse head did (summed over calls with the filter on): what benchmarks report beside speed."""
+    """What the head saw on calls the rule looked at (>= min_rows rows, filter on): what benchmarks report."""
 
     calls: int = 0
-    sparse_calls: int = 0
+    sparse_calls: int = 0  # the union head ran
+    fallback_calls: int = 0  # the target's logits came alone, but the union was too large: the assistant's, dense
     rows: int = 0
     kept: int = 0  # kept tokens summed over rows
     union: int = 0  # union sizes summed over calls
@@ -41,30 +78,52 @@ class HeadStats:
         return {
             "calls": self.calls,
             "sparse_calls": self.sparse_calls,
+            "fallback_calls": self.fallback_calls,
             "mean_kept_per_row": self.kept / max(self.rows, 1),
             "mean_union": self.union / max(self.calls, 1),
             "vocab": self.vocab,
         }
 
 
-def union_assistant_logits(
-    hidden: torch.Tensor, lm_head_weight: torch.Tensor, keep: torch.Tensor, stats: HeadStats | None = None
-) -> torch.Tensor | None:
-    """The assistant's logits (N, V) on the batch's union of kept tokens, 0 elsewhere; None when the dense head is
-    cheaper (see the module docstring). hidden (N, H), lm_head_weight (V', H) with V' >= V (vocab padding), keep
-    (N, V) bool."""
-    rows, vocab = keep.shape
-    union = keep.any(dim=0).nonzero().squeeze(1)  # (U,)
-    if stats is not None:
-        stats.calls += 1
-        stats.rows += rows
+class AssistantHead:
+    """The cost-based choice between the stacked dense head and the union head, and the union head itself."""
+
+    def __init__(self, rule: SparseRule) -> None:
+        self.rule = rule
+        self.stats = HeadStats()
+        self.last_union_fraction = 0.0  # of the last call the rule looked at: the prediction for the next
+        self._rows = torch.empty(0)  # gathered head rows, kept between calls (CPU allocations page-fault each time)
+
+    def plans_union(self, rows: int) -> bool:
+        """Whether this call should compute the target's logits alone and then the union head (else: stacked)."""
+        return rows >= self.rule.min_rows and self.last_union_fraction <= self.rule.max_union_fraction
+
+    def observe(self, keep: torch.Tensor) -> torch.Tensor | None:
+        """Record a call's keep set (N, V); returns its union's token ids, or None for fewer than min_rows rows (the
+        rule does not look: the stacked head runs)."""
+        rows, vocab = keep.shape
+        if rows < self.rule.min_rows:
+            return None
+        union = keep.any(dim=0).nonzero().squeeze(1)  # (U,)
+        self.last_union_fraction = union.numel() / vocab
+        stats = self.stats
+        stats.calls, stats.rows, stats.vocab = stats.calls + 1, stats.rows + rows, vocab
         stats.kept += int(keep.sum())
         stats.union += union.numel()
-        stats.vocab = vocab
-    if union.numel() > UNION_FRACTION_MAX * vocab:
-        return None
-    if stats is not None:
-        stats.sparse_calls += 1
-    logits = hidden.new_zeros(rows, vocab, dtype=torch.float32)
-    logits[:, union] = F.linear(hidden, lm_head_weight.index_select(0, union)).float()  # (N, U): one GEMM
-    return logits
+        return union
+
+    def union_logits(self, hidden: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:
+        """The assistant's logits (N, V) on the batch's union of kept tokens, 0 elsewhere; None when the union is
+        over the rule's bound (the caller runs the dense head). hidden (N, H), weight (V', H) with V' >= V (vocab
+        padding), keep (N, V) bool."""
+        union = self.observe(keep)
+        if union is None or self.last_union_fraction > self.rule.max_union_fraction:
+            self.stats.fallback_calls += union is not None
+            return None
+        self.stats.sparse_calls += 1
+        rows_fit = (self._rows.dtype, self._rows.device) == (weight.dtype, weight.device)
+        if not rows_fit or self._rows.shape[0] < union.numel():
+            self._rows = weight.new_empty(union.numel(), weight.shape[1])
+        rows = torch.index_select(weight, 0, union, out=self._rows[: union.numel()])  # (U, H)
+        logits = hidden.new_zeros(keep.shape, dtype=torch.float32)
+        return logits.index_copy_(1, union, (hidden @ rows.T).float())  # (N, U) from one GEMM

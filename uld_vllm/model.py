@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from vllm.config import VllmConfig
+from vllm.config import VllmConfig, set_current_vllm_config
 from vllm.sequence import IntermediateTensors
 
 from uld_vllm.assistant import FAMILIES, AssistantError, assistant_config, check_family, check_finite
@@ -34,7 +34,7 @@ from uld_vllm.bundle import (
 )
 from uld_vllm.combine import Mode, combine, relative_top_mask
 from uld_vllm.fused import RawLogits, fused_backend
-from uld_vllm.head import HeadStats, union_assistant_logits
+from uld_vllm.head import AssistantHead, SparseRule
 from uld_vllm.shared import SharedBackbone, can_share, wrap_layers
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
@@ -94,17 +94,13 @@ class ULDForCausalLM(nn.Module):
         if getattr(config, "uld_share_weights", True) is False:
             self.not_shared_because = "uld_share_weights=False"
         self.shared = self.not_shared_because is None
-        # The sparse assistant head reads lm_head.weight directly: a whole (unsharded) head with plain logits.
+        # The union head reads lm_head.weight directly: a whole (unsharded) head with plain logits.
         processor = self.target.logits_processor
-        self.sparse_head = (
-            tensor_parallel == 1
-            and getattr(processor, "scale", 1.0) == 1.0
-            and getattr(processor, "soft_cap", None) is None
-            and getattr(config, "uld_sparse_head", True) is not False
-        )
-        self.head_stats = HeadStats()
-        # Sampling through the fused kernel where the plugin's _sample hook finds a qualifying step (uld_vllm.fused).
         device = torch.device(vllm_config.device_config.device)
+        rule = SparseRule.from_setting(getattr(config, "uld_sparse_head", True), device.type)
+        plain_head = getattr(processor, "scale", 1.0) == 1.0 and getattr(processor, "soft_cap", None) is None
+        self.head = AssistantHead(rule) if rule is not None and tensor_parallel == 1 and plain_head else None
+        # Sampling through the fused kernel where the plugin's _sample hook finds a qualifying step (uld_vllm.fused).
         self.fused_sampling = fused_backend(getattr(config, "uld_fused_sampling", "auto"), device)
         self.raw_logits: RawLogits | None = None
         if self.shared:
@@ -124,15 +120,16 @@ class ULDForCausalLM(nn.Module):
             for i in range(self.settings.assistant_layers)
         )
         # Its own compile-cache key (see _build_merged): vLLM's hash does not see that this backbone runs another
-        # graph than the target's own on the same bundle.
+        # graph than the target's own on the same bundle (which the merged fallback compiles).
         backbone_config = vllm_config.with_hf_config(config, list(config.architectures))
         backbone_config.model_config.model = str(Path(vllm_config.model_config.model) / "shared-backbone")
-        self.backbone = SharedBackbone(
-            vllm_config=backbone_config,
-            prefix=_join(prefix, "backbone"),
-            decoder=self.target.model,
-            assistant_layers=self.settings.assistant_layers,
-        )
+        with set_current_vllm_config(backbone_config):
+            self.backbone = SharedBackbone(
+                vllm_config=backbone_config,
+                prefix=_join(prefix, "backbone"),
+                decoder=self.target.model,
+                assistant_layers=self.settings.assistant_layers,
+            )
 
     def _build_merged(self, vllm_config: VllmConfig, prefix: str, family: type[nn.Module]) -> None:
         """The fallback: a second K-layer model holding the assistant's layers with the LoRA merged (a copy)."""
@@ -140,10 +137,12 @@ class ULDForCausalLM(nn.Module):
         small = assistant_config(config, self.settings.assistant_layers)
         assistant_vllm_config = vllm_config.with_hf_config(small, list(config.architectures))
         # vLLM keys its torch.compile (AOT) cache on VllmConfig.compute_hash(), which does not see hf_config: the two
-        # backbones (same class, same hash) would share one cache entry, and a later start could load one's compiled
-        # graph into the other. The assistant's own directory as its model path gives it its own key.
+        # backbones (same class, same hash) would share one cache entry, and the assistant's could load the target's
+        # 4-layer graph. The assistant's own directory as its model path gives it its own key, provided the compile
+        # wrapper sees this config: it reads the *current* one, not the one passed in.
         assistant_vllm_config.model_config.model = str(Path(vllm_config.model_config.model) / ASSISTANT_DIR)
-        self.assistant = family(vllm_config=assistant_vllm_config, prefix=_join(prefix, "assistant"))
+        with set_current_vllm_config(assistant_vllm_config):
+            self.assistant = family(vllm_config=assistant_vllm_config, prefix=_join(prefix, "assistant"))
         # Shared with the target by construction (paper section 3): one copy in memory, loaded once.
         self.assistant.model.embed_tokens = self.target.model.embed_tokens
         self.assistant.model.norm = self.target.model.norm
@@ -172,18 +171,21 @@ class ULDForCausalLM(nn.Module):
         weight, filter, mode = self.settings.weight, self.settings.filter, _MODE.get()
         head, logits_processor = self.target.lm_head, self.target.logits_processor
         implausible = None
-        if filter == 0.0 or not self.sparse_head:
+        if filter > 0.0 and self.head is not None and self.head.plans_union(target_hidden.shape[0]):
+            target_logits = logits_processor(head, target_hidden)  # (N, V)
+            implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
+            assistant_logits = self.head.union_logits(assistant_hidden, head.weight, ~implausible)
+            if assistant_logits is None:  # the union came out too large: the assistant's rows alone, dense
+                assistant_logits = logits_processor(head, assistant_hidden)
+        else:
             # One GEMM over both streams' rows: the LM head's weight is read once.
             logits = logits_processor(head, torch.cat([target_hidden, assistant_hidden]))
             if logits is None:  # not the last pipeline rank
                 return None
             target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
-        else:
-            target_logits = logits_processor(head, target_hidden)  # (N, V)
-            implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
-            assistant_logits = union_assistant_logits(assistant_hidden, head.weight, ~implausible, self.head_stats)
-            if assistant_logits is None:  # the union is most of the vocabulary: the dense head is cheaper
-                assistant_logits = logits_processor(head, assistant_hidden)
+            if filter > 0.0 and self.head is not None:
+                implausible = relative_top_mask(target_logits, filter)
+                self.head.observe(~implausible)  # what the next call's choice goes by
         if self.fused_sampling is not None and mode == "generate":
             self.raw_logits = RawLogits(target_logits, assistant_logits, weight, filter)
         return combine(target_logits, assistant_logits, weight, filter, mode, implausible)

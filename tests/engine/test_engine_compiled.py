@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from engines import greedy, mixed_prompts
 from helpers import engine
+from vllm.compilation.counter import compilation_counter
 
 from uld_vllm.reference import ReferenceDecoder
 
@@ -22,8 +23,12 @@ def test_compiled_engine_matches_reference_cold_and_from_compile_cache(bundle_fa
     prompts = mixed_prompts(12, reference.target.config.vocab_size, seed=4)
     want = reference.generate(prompts, 12)
     starts = [("shared, cold", True), ("merged, same cache", False), ("shared, from cache", True)]
+    loads = []
     for start, shared in starts:
+        loaded = compilation_counter.num_aot_artifacts_loaded
         with engine(bundle, enforce_eager=False, hf_overrides={"uld_share_weights": shared}) as llm:
             assert greedy(llm, prompts, 12) == want, f"compiled engine ({start}) differs from the reference"
             (layout,) = llm.apply_model(_compiled)
             assert layout == {"shared": shared, "compiled": True}, start
+        loads.append(compilation_counter.num_aot_artifacts_loaded - loaded)
+    assert loads == [0, 0, 1], "only the third start finds its graph in the cache, and it must load it (plugin fix)"
