@@ -5,7 +5,7 @@ layer has a unique name (and so its own KV cache), `forward` -> hidden states, `
 The assistant shares the target's embeddings, final norm and LM head (paper section 3). Two ways to hold its K layers:
 shared weights (a LoRA assistant: the target's own first K layers run both streams, uld_vllm.shared) or a merged copy
 (the fallback: full assistants, tensor parallelism, quantized targets). With the filter on, the assistant's LM head
-is computed only where ULD reads it (uld_vllm.head).
+is computed only where ULD reads it, on the calls where that is cheaper than the dense head (uld_vllm.head).
 """
 
 from __future__ import annotations
