@@ -29,7 +29,7 @@ quality: setup
 	$(PY) bench/quality.py
 
 # ULD (shared weights, filter 0 and 0.01, sparse vs dense head, merged fallback) vs plain vLLM vs the HF reference,
-# decode and scoring, with the limits of the work done (about 55 minutes on 2 cores): bench/results/.
+# decode and scoring, with the limits of the work done (about 95 minutes on 2 cores): bench/results/.
 bench: setup
 	$(PY) bench/throughput.py
 
