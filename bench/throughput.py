@@ -148,7 +148,8 @@ def realistic_head(work: Path, shape: dict, seed: int) -> dict:
     vocab = shape["vocab"]
     generator = torch.Generator().manual_seed(seed)
     files = (work / "target" / "model.safetensors", work / "bundle" / "model.safetensors")
-    embed = load_file(files[0])["model.embed_tokens.weight"]
+    weights = load_file(files[0])
+    embed, random_head = weights["model.embed_tokens.weight"], weights["lm_head.weight"]
     shared = torch.randn(embed.shape[1], generator=generator)
     embed = embed + 3.0 * embed.norm(dim=1).mean() * shared / shared.norm()
     _rewrite(files, {"model.embed_tokens.weight": embed})
@@ -157,7 +158,6 @@ def realistic_head(work: Path, shape: dict, seed: int) -> dict:
     held_out = final_hidden(work / "target", vocab, 256, seed + 1)  # (256, H): for the report
     direction = hidden.mean(0) / hidden.mean(0).norm()
     projection = (hidden @ direction).mean()
-    random_head = load_file(files[0])["lm_head.weight"]
     context_head = random_head - torch.outer(random_head @ direction, direction)  # sees each context, not u
     context_head = context_head / (hidden @ context_head.T).std()
     zipf = -torch.log(torch.arange(1, vocab + 1, dtype=torch.float32))

@@ -94,15 +94,19 @@ class AssistantHead:
         self.last_union_fraction = 0.0  # of the last call the rule looked at: the prediction for the next
         self._rows = torch.empty(0)  # gathered head rows, kept between calls (CPU allocations page-fault each time)
 
+    def looks_at(self, rows: int) -> bool:
+        """Whether the rule considers a call of `rows` logits rows at all (fewer: always the stacked head)."""
+        return rows >= self.rule.min_rows
+
     def plans_union(self, rows: int) -> bool:
         """Whether this call should compute the target's logits alone and then the union head (else: stacked)."""
-        return rows >= self.rule.min_rows and self.last_union_fraction <= self.rule.max_union_fraction
+        return self.looks_at(rows) and self.last_union_fraction <= self.rule.max_union_fraction
 
     def observe(self, keep: torch.Tensor) -> torch.Tensor | None:
         """Record a call's keep set (N, V); returns its union's token ids, or None for fewer than min_rows rows (the
         rule does not look: the stacked head runs)."""
         rows, vocab = keep.shape
-        if rows < self.rule.min_rows:
+        if not self.looks_at(rows):
             return None
         union = keep.any(dim=0).nonzero().squeeze(1)  # (U,)
         self.last_union_fraction = union.numel() / vocab
@@ -117,8 +121,10 @@ class AssistantHead:
         over the rule's bound (the caller runs the dense head). hidden (N, H), weight (V', H) with V' >= V (vocab
         padding), keep (N, V) bool."""
         union = self.observe(keep)
-        if union is None or self.last_union_fraction > self.rule.max_union_fraction:
-            self.stats.fallback_calls += union is not None
+        if union is None:  # fewer rows than the rule looks at
+            return None
+        if self.last_union_fraction > self.rule.max_union_fraction:
+            self.stats.fallback_calls += 1
             return None
         self.stats.sparse_calls += 1
         rows_fit = (self._rows.dtype, self._rows.device) == (weight.dtype, weight.device)

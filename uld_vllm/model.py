@@ -171,10 +171,11 @@ class ULDForCausalLM(nn.Module):
         weight, filter, mode = self.settings.weight, self.settings.filter, _MODE.get()
         head, logits_processor = self.target.lm_head, self.target.logits_processor
         implausible = None
-        if filter > 0.0 and self.head is not None and self.head.plans_union(target_hidden.shape[0]):
+        assistant_head = self.head if filter > 0.0 else None  # with the filter off, every assistant logit is read
+        if assistant_head is not None and assistant_head.plans_union(target_hidden.shape[0]):
             target_logits = logits_processor(head, target_hidden)  # (N, V)
             implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
-            assistant_logits = self.head.union_logits(assistant_hidden, head.weight, ~implausible)
+            assistant_logits = assistant_head.union_logits(assistant_hidden, head.weight, ~implausible)
             if assistant_logits is None:  # the union came out too large: the assistant's rows alone, dense
                 assistant_logits = logits_processor(head, assistant_hidden)
         else:
@@ -183,9 +184,9 @@ class ULDForCausalLM(nn.Module):
             if logits is None:  # not the last pipeline rank
                 return None
             target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
-            if filter > 0.0 and self.head is not None:
+            if assistant_head is not None:
                 implausible = relative_top_mask(target_logits, filter)
-                self.head.observe(~implausible)  # what the next call's choice goes by
+                assistant_head.observe(~implausible)  # what the next call's choice goes by
         if self.fused_sampling is not None and mode == "generate":
             self.raw_logits = RawLogits(target_logits, assistant_logits, weight, filter)
         return combine(target_logits, assistant_logits, weight, filter, mode, implausible)
