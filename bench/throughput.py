@@ -429,19 +429,36 @@ def measure(worker: str, spec: dict, cache: Path | None = None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_starts(systems: list[str], spec: dict, work: Path) -> dict[str, dict]:
-    """Per system, in fresh processes: a cold start (empty compile cache), then a warm one (the cache it left), which
-    also measures the peak memory of the largest batch's prefill."""
+class Phases:
+    """Each finished phase's result, saved under the work folder as it ends: `--resume` reuses those an earlier run
+    of the same spec finished (a full run takes over an hour; a killed one should not start over)."""
+
+    def __init__(self, work: Path, spec: dict, resume: bool) -> None:
+        self.folder, self.spec, self.resume = work / "phases", spec, resume
+
+    def run(self, name: str, measure_phase, *args) -> dict:
+        path = self.folder / f"{name}.json"
+        if self.resume and path.exists():
+            saved = json.loads(path.read_text())
+            if saved["spec"] == self.spec:
+                print(f"{name}: reusing {path}", flush=True)
+                return saved["result"]
+        result = measure_phase(*args)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"spec": self.spec, "result": result}))
+        return result
+
+
+def measure_start(system: str, spec: dict, work: Path) -> dict:
+    """In fresh processes: a cold start (empty compile cache), then a warm one (the cache it left), which also
+    measures the peak memory of the largest batch's prefill."""
     import shutil
 
-    results = {}
-    for system in tqdm(systems, desc="engine starts", unit="system"):
-        cache = work / "vllm-cache" / system
-        shutil.rmtree(cache, ignore_errors=True)
-        cold = measure(f"start:{system}", spec, cache)
-        warm = measure(f"start:{system}", spec | {"measure_memory": True}, cache)
-        results[system] = warm | {"start_cold_seconds": cold["start_seconds"]}
-    return results
+    cache = work / "vllm-cache" / system
+    shutil.rmtree(cache, ignore_errors=True)
+    cold = measure(f"start:{system}", spec, cache)
+    warm = measure(f"start:{system}", spec | {"measure_memory": True}, cache)
+    return warm | {"start_cold_seconds": cold["start_seconds"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: $ULD_DTYPE, else by CPU flags")
     parser.add_argument("--work", default="out/bench-models")
     parser.add_argument("--quick", action="store_true", help="tiny shape and sizes: checks the script, not speed")
+    parser.add_argument("--resume", action="store_true", help="reuse the phases an earlier run of this spec finished")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -483,14 +501,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     systems = args.systems.split(",")
     engine_systems = [s for s in systems if s != "hf-reference"]
-    results = measure_starts(engine_systems, spec, work)
+    phases = Phases(work, spec | {"engine_systems": engine_systems}, args.resume)
+    results = {}
+    for system in tqdm(engine_systems, desc="engine starts", unit="system"):
+        results[system] = phases.run(f"start-{system}", measure_start, system, spec, work)
     print("throughput: every vLLM system in one process, interleaved ...", flush=True)
-    throughput = measure("engines", spec | {"engine_systems": engine_systems}, work / "vllm-cache" / "engines")
+    engines_spec = spec | {"engine_systems": engine_systems}
+    throughput = phases.run("engines", measure, "engines", engines_spec, work / "vllm-cache" / "engines")
     for system in engine_systems:
         results[system] |= throughput[system]
     if "hf-reference" in systems:
         print("throughput: the HF reference ...", flush=True)
-        results["hf-reference"] = measure("hf-reference", spec)
+        results["hf-reference"] = phases.run("hf-reference", measure, "hf-reference", spec)
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(bundle)
