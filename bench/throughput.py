@@ -374,9 +374,18 @@ def engines_worker(spec: dict, requests, texts) -> dict:
 
 
 def _weight_bytes(model) -> int:
-    """Parameter and buffer bytes the model holds (the LoRA is held as buffers), each tensor counted once."""
+    """Parameter and buffer bytes the model holds (the LoRA is held as buffers), each tensor counted once. On CPU
+    vLLM re-packs every linear layer's weight for oneDNN and empties the parameter: those count at their shape."""
+    from vllm.model_executor.layers.linear import LinearBase
+
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point())
+    held = sum(t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point())
+    packed = {
+        id(m): m.input_size_per_partition * m.output_size_per_partition * m.params_dtype.itemsize
+        for m in model.modules()
+        if isinstance(m, LinearBase) and m.weight.numel() == 0
+    }
+    return held + sum(packed.values())
 
 
 def _head_stats(model) -> dict:
