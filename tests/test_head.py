@@ -61,19 +61,18 @@ def test_few_rows_take_the_stacked_head_and_are_not_counted():
 
 
 @pytest.mark.parametrize(
-    "setting, dtype, expected",
+    "setting, expected",
     [
-        (True, torch.float32, DEFAULT_RULES["cpu"]),
-        (True, torch.bfloat16, DEFAULT_RULES["cpu-16bit"]),
-        (False, torch.float32, None),
-        ({"min_rows": 2, "max_union_fraction": 0.4}, torch.bfloat16, SparseRule(2, 0.4)),
+        (True, DEFAULT_RULES["cpu"]),
+        (False, None),
+        ({"min_rows": 2, "max_union_fraction": 0.4}, SparseRule(2, 0.4)),
     ],
 )
-def test_the_setting_chooses_the_rule(setting, dtype, expected):
-    assert SparseRule.from_setting(setting, "cpu", dtype) == expected
+def test_the_setting_chooses_the_rule(setting, expected):
+    assert SparseRule.from_setting(setting, "cpu") == expected
 
 
 @pytest.mark.parametrize("setting", ["yes", {"min_rows": 0, "max_union_fraction": 0.4}, {"min_rows": 4}])
 def test_a_bad_setting_is_refused_by_name(setting):
     with pytest.raises(ValueError, match="uld_sparse_head must be"):
-        SparseRule.from_setting(setting, "cpu", torch.float32)
+        SparseRule.from_setting(setting, "cpu")

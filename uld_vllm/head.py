@@ -18,10 +18,8 @@ GEMM (oneDNN, fp32, 2 AVX2 cores, V = 32000, H = 1024): stacking the assistant's
 7.9 ms at N = 1, 2.2 ms to 12.4 at N = 8, 27 ms to 38 at N = 64 and 58 ms to 68 at N = 128; the union path (gather
 into a kept buffer + GEMM) cost 3 + 11 = 14 ms at N = 8 and 3 + 19 = 22 ms at N = 64 for U = V/4, and 6 + 40 ms for
 U = V/2 at N = 64. So the union wins only where the head is compute-bound (N >= 64 here) and U <= V/4. On an AVX-512
-CPU with avx512_bf16 in bf16 (also 2 cores) the rows threshold is the same, the union bound is not: stacking added
-0.2 ms at N = 1, 0.5 at N = 8 (union path at U = V/4: 0.9 ms), 6.2 at N = 64, where the union path cost 0.5 + 1.8 ms
-at U = V/4 and 1.4 + 3.4 ms at U = V/2; so 16-bit weights on CPU take the union up to V/2 (the bench model's engine
-batches kept unions of 0.29 V: under V/4 most of them ran dense). On a GPU the
+CPU with avx512_bf16 in bf16 (also 2 cores) the picture is the same at a quarter of the cost: stacking added 0.2 ms
+at N = 1, 0.5 at N = 8 (union path at U = V/4: 0.9 ms), 6.2 at N = 64 (union: 0.5 + 1.8 ms). On a GPU the
 head stays weight-bound to a few hundred rows (H100, bf16: about 300 FLOPs per byte), hence its larger `min_rows`
 (from that roofline; not measured here). `SparseRule` holds the two numbers; `uld_sparse_head` in hf_overrides can
 replace them ({"min_rows": ..., "max_union_fraction": ...}) or turn the union head off (False).
@@ -46,15 +44,12 @@ class SparseRule:
     max_union_fraction: float
 
     @classmethod
-    def from_setting(cls, setting: object, device_type: str, dtype: torch.dtype) -> SparseRule | None:
-        """`uld_sparse_head` from hf_overrides: True (the default for this device and weight dtype), False (off) or
-        the two numbers."""
+    def from_setting(cls, setting: object, device_type: str) -> SparseRule | None:
+        """`uld_sparse_head` from hf_overrides: True (this device's default), False (off) or the two numbers."""
         if setting is False:
             return None
         if setting is True or setting is None:
-            if device_type == "cpu":
-                return DEFAULT_RULES["cpu" if dtype == torch.float32 else "cpu-16bit"]
-            return DEFAULT_RULES["cuda"]
+            return DEFAULT_RULES.get(device_type, DEFAULT_RULES["cuda"])
         if isinstance(setting, dict) and set(setting) == {"min_rows", "max_union_fraction"}:
             rule = cls(int(setting["min_rows"]), float(setting["max_union_fraction"]))
             if rule.min_rows >= 1 and 0.0 < rule.max_union_fraction <= 1.0:
@@ -65,12 +60,8 @@ class SparseRule:
         )
 
 
-# Measured on CPU, fp32 and bf16 (module docstring); CUDA from the H100 roofline.
-DEFAULT_RULES = {
-    "cpu": SparseRule(min_rows=64, max_union_fraction=0.25),
-    "cpu-16bit": SparseRule(min_rows=64, max_union_fraction=0.5),
-    "cuda": SparseRule(min_rows=256, max_union_fraction=0.25),
-}
+# Measured on CPU (module docstring); CUDA from the H100 roofline.
+DEFAULT_RULES = {"cpu": SparseRule(min_rows=64, max_union_fraction=0.25), "cuda": SparseRule(256, 0.25)}
 
 
 @dataclass

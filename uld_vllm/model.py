@@ -97,9 +97,7 @@ class ULDForCausalLM(nn.Module):
         # The union head reads lm_head.weight directly: a whole (unsharded) head with plain logits.
         processor = self.target.logits_processor
         device = torch.device(vllm_config.device_config.device)
-        rule = SparseRule.from_setting(
-            getattr(config, "uld_sparse_head", True), device.type, vllm_config.model_config.dtype
-        )
+        rule = SparseRule.from_setting(getattr(config, "uld_sparse_head", True), device.type)
         plain_head = getattr(processor, "scale", 1.0) == 1.0 and getattr(processor, "soft_cap", None) is None
         self.head = AssistantHead(rule) if rule is not None and tensor_parallel == 1 and plain_head else None
         # Sampling through the fused kernel where the plugin's _sample hook finds a qualifying step (uld_vllm.fused).
