@@ -319,7 +319,7 @@ def start_worker(system: str, spec: dict, requests) -> dict:
 
 def engines_worker(spec: dict, requests, texts) -> dict:
     """Every vLLM system's throughput in ONE process, interleaved: each measurement runs once per system in turn,
-    `repeats` rounds, best kept. Ratios between processes vary by +-10-30% on these machines; side by side they do
+    `repeats` rounds (4x for batches of 8 or fewer), best kept. Ratios between processes vary by +-10-30% on these machines; side by side they do
     not (batch 1, in one process: ULD/plain 0.97 where separate processes had shown 0.86)."""
     from vllm import SamplingParams
 
@@ -338,7 +338,9 @@ def engines_worker(spec: dict, requests, texts) -> dict:
             params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in max_tokens]
         inputs = [{"prompt_token_ids": p} for p in prompts]
         times = {system: float("inf") for system in systems}
-        for _ in range(spec["repeats"]):
+        # Small batches finish in about a second, where one process's timings vary most: 4x the rounds.
+        rounds = spec["repeats"] * (4 if len(prompts) <= 8 else 1)
+        for _ in range(rounds):
             for system in systems:
                 begin = time.perf_counter()
                 outputs = engines[system].generate(inputs, params, use_tqdm=False)

@@ -18,8 +18,10 @@ GEMM (oneDNN, fp32, 2 AVX2 cores, V = 32000, H = 1024): stacking the assistant's
 7.9 ms at N = 1, 2.2 ms to 12.4 at N = 8, 27 ms to 38 at N = 64 and 58 ms to 68 at N = 128; the union path (gather
 into a kept buffer + GEMM) cost 3 + 11 = 14 ms at N = 8 and 3 + 19 = 22 ms at N = 64 for U = V/4, and 6 + 40 ms for
 U = V/2 at N = 64. So the union wins only where the head is compute-bound (N >= 64 here) and U <= V/4. On an AVX-512
-CPU with avx512_bf16 in bf16 (also 2 cores) the picture is the same at a quarter of the cost: stacking added 0.2 ms
-at N = 1, 0.5 at N = 8 (union path at U = V/4: 0.9 ms), 6.2 at N = 64 (union: 0.5 + 1.8 ms). On a GPU the
+CPU with avx512_bf16, in bf16, the GEMMs alone suggested a bound of V/2 (N = 64: stacking added 6.2 ms; the union
+path cost 0.5 + 1.8 ms at U = V/4, 1.4 + 3.4 ms at U = V/2), but in the engine a V/2 bound sent every batch of the
+bench (unions of 0.29 V) through the union head for no gain (1.00x dense at batch 64, 0.96x in scoring): the mask,
+the union and the scattered (N, V) output eat the GEMM's saving. So V/4 stays. On a GPU the
 head stays weight-bound to a few hundred rows (H100, bf16: about 300 FLOPs per byte), hence its larger `min_rows`
 (from that roofline; not measured here). `SparseRule` holds the two numbers; `uld_sparse_head` in hf_overrides can
 replace them ({"min_rows": ..., "max_union_fraction": ...}) or turn the union head off (False).
