@@ -319,8 +319,9 @@ def start_worker(system: str, spec: dict, requests) -> dict:
 
 def engines_worker(spec: dict, requests, texts) -> dict:
     """Every vLLM system's throughput in ONE process, interleaved: each measurement runs once per system in turn,
-    `repeats` rounds (4x for batches of 8 or fewer), best kept. Ratios between processes vary by +-10-30% on these machines; side by side they do
-    not (batch 1, in one process: ULD/plain 0.97 where separate processes had shown 0.86)."""
+    `repeats` rounds (4x for batches of 8 or fewer), best kept. Ratios between processes vary by +-10-30% on these
+    machines; side by side they do not (batch 1, in one process: ULD/plain 0.97 where separate processes had shown
+    0.86)."""
     from vllm import SamplingParams
 
     from uld_vllm.engine import shutdown_llm
@@ -382,12 +383,12 @@ def _weight_bytes(model) -> int:
 
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     held = sum(t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point())
-    packed = {
-        id(m): m.input_size_per_partition * m.output_size_per_partition * m.params_dtype.itemsize
-        for m in model.modules()
+    packed = sum(
+        m.input_size_per_partition * m.output_size_per_partition * m.params_dtype.itemsize
+        for m in model.modules()  # each module once
         if isinstance(m, LinearBase) and m.weight.numel() == 0
-    }
-    return held + sum(packed.values())
+    )
+    return held + packed
 
 
 def _head_stats(model) -> dict:
@@ -512,12 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     systems = args.systems.split(",")
     engine_systems = [s for s in systems if s != "hf-reference"]
-    phases = Phases(work, spec | {"engine_systems": engine_systems}, args.resume)
+    engines_spec = spec | {"engine_systems": engine_systems}
+    phases = Phases(work, engines_spec, args.resume)
     results = {}
     for system in tqdm(engine_systems, desc="engine starts", unit="system"):
         results[system] = phases.run(f"start-{system}", measure_start, system, spec, work)
     print("throughput: every vLLM system in one process, interleaved ...", flush=True)
-    engines_spec = spec | {"engine_systems": engine_systems}
     throughput = phases.run("engines", measure, "engines", engines_spec, work / "vllm-cache" / "engines")
     for system in engine_systems:
         results[system] |= throughput[system]
