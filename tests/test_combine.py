@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from uld_vllm.combine import MASKED_LOGIT, combine
+from uld_vllm.combine import MASKED_LOGIT, combine, relative_top_mask
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -199,6 +199,26 @@ def test_accepts_half_precision_and_returns_float32() -> None:
     assert got.dtype == torch.float32
     want, _ = hand_combine(bt.float().numpy(), at.float().numpy(), WEIGHT, 0.1, "generate")
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["generate", "score"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_assistant_logits_on_the_kept_columns_give_the_dense_output_bit_for_bit(mode: str, dtype) -> None:
+    b, a = random_logits(5, 32000, seed=29)
+    target, assistant = torch.from_numpy(b).to(dtype), torch.from_numpy(a).to(dtype)
+    implausible = relative_top_mask(target, 0.01)
+    columns = (~implausible).any(0).nonzero().squeeze(1)  # the rows' union, as the sparse head computes it
+    sparse = combine(target, assistant[:, columns], WEIGHT, 0.01, mode, implausible, columns)
+    assert torch.equal(sparse, combine(target, assistant, WEIGHT, 0.01, mode))
+    assert sparse.dtype == torch.float32 and torch.equal(target, torch.from_numpy(b).to(dtype))  # input untouched
+
+
+def test_assistant_columns_need_the_filter_and_matching_shapes() -> None:
+    columns = torch.arange(4)
+    with pytest.raises(ValueError, match="need filter > 0"):
+        combine(torch.zeros(2, 10), torch.zeros(2, 4), WEIGHT, 0.0, columns=columns)
+    with pytest.raises(ValueError, match=r"\(2, 5\) != \(2, 4\)"):
+        combine(torch.zeros(2, 10), torch.zeros(2, 5), WEIGHT, 0.1, columns=columns)
 
 
 def test_mismatched_shapes_raise_value_error() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uld_vllm.combine import combine, relative_top_mask
-from uld_vllm.head import DEFAULT_RULES, AssistantHead, SparseRule
+from uld_vllm.head import DEFAULT_RULES, RETRY_EVERY, AssistantHead, SparseRule, scatter_columns
 
 EVERY_CALL = SparseRule(min_rows=1, max_union_fraction=0.5)
 
@@ -19,14 +19,16 @@ def test_union_head_equals_the_dense_head_wherever_ULD_reads_it():
     target = torch.randn(rows, vocab) * 4
     implausible = relative_top_mask(target, 0.01)
     head = AssistantHead(EVERY_CALL)
-    sparse = head.union_logits(x, weight, ~implausible)
+    result = head.union_logits(x, weight, ~implausible)
     dense = x @ weight[:vocab].T
-    assert sparse is not None and head.stats.sparse_calls == 1
+    assert result is not None and head.stats.sparse_calls == 1
+    values, columns = result
+    assert torch.equal(columns, (~implausible).any(0).nonzero().squeeze(1))  # the union, nothing outside it
+    sparse = scatter_columns(values, columns, vocab)
     torch.testing.assert_close(sparse[~implausible], dense[~implausible], rtol=1e-5, atol=1e-5)
-    assert (sparse[:, ~(~implausible).any(0)] == 0).all()  # outside the union: nothing computed
     for mode in ("generate", "score"):
         torch.testing.assert_close(
-            combine(target, sparse, -0.8, 0.01, mode, implausible), combine(target, dense, -0.8, 0.01, mode)
+            combine(target, values, -0.8, 0.01, mode, implausible, columns), combine(target, dense, -0.8, 0.01, mode)
         )
     assert head.stats.as_dict()["mean_kept_per_row"] >= int(0.01 * vocab)  # at least k = int(r * V) per row
 
@@ -38,7 +40,8 @@ def test_the_kept_gather_buffer_serves_smaller_and_larger_unions():
     for kept in (80, 20, 100):
         keep = torch.zeros(3, 200, dtype=torch.bool)
         keep[:, torch.randperm(200)[:kept]] = True
-        torch.testing.assert_close(head.union_logits(x, weight, keep)[keep], (x @ weight.T)[keep])
+        values, columns = head.union_logits(x, weight, keep)
+        torch.testing.assert_close(scatter_columns(values, columns, 200)[keep], (x @ weight.T)[keep])
 
 
 def test_a_union_over_the_bound_falls_back_and_the_next_call_stacks():
@@ -60,19 +63,54 @@ def test_few_rows_take_the_stacked_head_and_are_not_counted():
     assert head.observe(torch.ones(8, 10, dtype=torch.bool)) is None and head.stats.calls == 0
 
 
+def run_timed_calls(head: AssistantHead, rows: int, calls: int, seconds: dict[bool, float]) -> list[bool]:
+    """`calls` calls of `rows` rows, each path taking `seconds[path is union]`; the paths the rule chose."""
+    chosen = []
+    for _ in range(calls):
+        union = head.plans_union(rows)
+        head.timed(rows, union, seconds[union])
+        chosen.append(union)
+    return chosen
+
+
+def test_a_timed_rule_times_both_paths_then_takes_the_faster_and_retries_the_other():
+    head = AssistantHead(SparseRule(min_rows=8, max_union_fraction=0.5, timed=True))
+    chosen = run_timed_calls(head, 64, 4 + 3 * RETRY_EVERY, {True: 0.020, False: 0.030})
+    assert chosen[:4] == [True, True, False, False], "each path twice (the first of each is a warm-up)"
+    later = chosen[4:]
+    assert later.count(False) == 3, "the slower stacked path: once in RETRY_EVERY calls"
+    # The union path turns slow (say larger unions): the choice follows within a retry.
+    chosen = run_timed_calls(head, 64, 2 * RETRY_EVERY, {True: 0.050, False: 0.030})
+    assert chosen[-RETRY_EVERY:].count(True) == 1, "only the retry takes the now slower union path"
+    # Another call size has its own clock, and few rows are never timed.
+    assert head.plans_union(8) and head.plans_union(127) is False
+    assert not head.plans_union(7)
+    head.timed(7, False, 1.0)
+    assert set(head.clocks) == {(64).bit_length(), (8).bit_length()}
+
+
 @pytest.mark.parametrize(
     "setting, expected",
     [
         (True, DEFAULT_RULES["cpu"]),
         (False, None),
         ({"min_rows": 2, "max_union_fraction": 0.4}, SparseRule(2, 0.4)),
+        ({"min_rows": 2, "max_union_fraction": 0.4, "timed": True}, SparseRule(2, 0.4, timed=True)),
     ],
 )
 def test_the_setting_chooses_the_rule(setting, expected):
     assert SparseRule.from_setting(setting, "cpu") == expected
 
 
-@pytest.mark.parametrize("setting", ["yes", {"min_rows": 0, "max_union_fraction": 0.4}, {"min_rows": 4}])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "yes",
+        {"min_rows": 0, "max_union_fraction": 0.4},
+        {"min_rows": 4},
+        {"min_rows": 4, "max_union_fraction": 0.4, "x": 1},
+    ],
+)
 def test_a_bad_setting_is_refused_by_name(setting):
     with pytest.raises(ValueError, match="uld_sparse_head must be"):
         SparseRule.from_setting(setting, "cpu")

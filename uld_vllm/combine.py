@@ -40,6 +40,7 @@ def combine(
     filter: float,
     mode: Mode = "generate",
     implausible: torch.Tensor | None = None,
+    columns: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ULD logits l_target + w * l_assistant for rows of (N, V) logits; returns float32 (N, V).
 
@@ -48,10 +49,15 @@ def combine(
     for metrics) leaves them unmasked. filter == 0: both sides are log_softmax-ed first; the modes agree.
 
     `implausible` is `relative_top_mask(target_logits, filter)` when the caller computed it already (the engine's
-    sparse assistant head needs it first); the assistant's logits then only matter where it is False.
+    sparse assistant head needs it first); the assistant's logits then only matter where it is False. `columns`
+    (filter > 0 only): the assistant's logits are given on these token ids alone, (N, U), and every token a row keeps
+    is among them (the sparse head's union); the output is the dense one's, bit for bit, without an (N, V) assistant.
     """
-    if target_logits.shape != assistant_logits.shape:
-        raise ValueError(f"target logits {tuple(target_logits.shape)} != assistant {tuple(assistant_logits.shape)}")
+    expected = target_logits.shape if columns is None else (target_logits.shape[0], columns.numel())
+    if assistant_logits.shape != expected:
+        raise ValueError(f"assistant logits {tuple(assistant_logits.shape)} != {tuple(expected)} (target, columns)")
+    if columns is not None and filter == 0.0:
+        raise ValueError("assistant logits on some columns need filter > 0 (log_softmax reads every column)")
     if not 0.0 <= filter < 1.0:
         raise ValueError(f"filter must be in [0, 1), got {filter}")
     if mode not in ("generate", "score"):
@@ -64,7 +70,12 @@ def combine(
         # A token the target rules out stays ruled out, also where the assistant rules it out too (-inf + inf = NaN).
         return out.masked_fill(target_logprobs == float("-inf"), float("-inf"))
     implausible = relative_top_mask(target, filter) if implausible is None else implausible
-    out = target + weight * assistant.masked_fill(implausible, 0.0)
+    # target + w * a' with a' = 0 where implausible; in place where the tensor is ours (at (N, V) every pass counts).
+    if columns is None:
+        out = target + assistant.masked_fill(implausible, 0.0).mul_(weight)
+    else:
+        out = target_logits.to(torch.float32, copy=True)
+        out.index_add_(1, columns, assistant.masked_fill(implausible[:, columns], 0.0).mul_(weight))
     if mode == "generate":
-        out = out.masked_fill(implausible, MASKED_LOGIT)
+        out.masked_fill_(implausible, MASKED_LOGIT)
     return out

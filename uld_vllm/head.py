@@ -33,37 +33,74 @@ dense on its own rows and the next call goes back to the stacked GEMM. Every pat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass(frozen=True)
 class SparseRule:
-    """When the union head runs: at least `min_rows` logits rows and a union of at most `max_union_fraction` * V."""
+    """When the union head runs: at least `min_rows` logits rows and a union of at most `max_union_fraction` * V;
+    `timed`: between those bounds, whichever path measured faster on calls of this size (`PathClock`)."""
 
     min_rows: int
     max_union_fraction: float
+    timed: bool = False
 
     @classmethod
     def from_setting(cls, setting: object, device_type: str) -> SparseRule | None:
-        """`uld_sparse_head` from hf_overrides: True (this device's default), False (off) or the two numbers."""
+        """`uld_sparse_head` from hf_overrides: True (this device's default), False (off) or the numbers
+        ({"min_rows": n, "max_union_fraction": f} and optionally "timed": bool)."""
         if setting is False:
             return None
         if setting is True or setting is None:
             return DEFAULT_RULES.get(device_type, DEFAULT_RULES["cuda"])
-        if isinstance(setting, dict) and set(setting) == {"min_rows", "max_union_fraction"}:
-            rule = cls(int(setting["min_rows"]), float(setting["max_union_fraction"]))
+        keys = {"min_rows", "max_union_fraction"}
+        if isinstance(setting, dict) and keys <= set(setting) <= keys | {"timed"}:
+            rule = cls(int(setting["min_rows"]), float(setting["max_union_fraction"]), setting.get("timed") is True)
             if rule.min_rows >= 1 and 0.0 < rule.max_union_fraction <= 1.0:
                 return rule
         raise ValueError(
-            "uld_sparse_head must be true, false or {'min_rows': n >= 1, 'max_union_fraction': 0 < f <= 1}, "
-            f"got {setting!r}"
+            "uld_sparse_head must be true, false or {'min_rows': n >= 1, 'max_union_fraction': 0 < f <= 1"
+            f"[, 'timed': bool]}}, got {setting!r}"
         )
 
 
-# Measured on CPU (module docstring); CUDA from the H100 roofline.
-DEFAULT_RULES = {"cpu": SparseRule(min_rows=64, max_union_fraction=0.25), "cuda": SparseRule(256, 0.25)}
+# CPU: timed (the machines here differ 3x in head GEMM speed, module docstring); CUDA from the H100 roofline, untimed
+# (timing a CUDA call would synchronise the device).
+DEFAULT_RULES = {"cpu": SparseRule(min_rows=8, max_union_fraction=0.5, timed=True), "cuda": SparseRule(256, 0.25)}
+RETRY_EVERY = 32  # a timed choice re-times the slower path once in this many calls of a size, to follow drift
+
+
+@dataclass
+class PathClock:
+    """Measured compute_logits times of the two paths for calls of one size (rows rounded down to a power of 2).
+
+    Each path runs twice before any choice (the first call of a path is a warm-up and is not kept: new GEMM sizes,
+    allocations); then the faster path by exponential moving average runs, and every RETRY_EVERY-th call the other,
+    so a change (other batch, other unions) is noticed. At most 1 call in RETRY_EVERY takes the slower path."""
+
+    seconds: list[float | None] = field(default_factory=lambda: [None, None])  # [stacked, union]
+    runs: list[int] = field(default_factory=lambda: [0, 0])
+    calls: int = 0
+
+    def union_next(self) -> bool:
+        self.calls += 1
+        if self.runs[1] < 2:
+            return True
+        if self.runs[0] < 2:
+            return False
+        stacked, union = self.seconds
+        faster_is_union = union <= stacked
+        return faster_is_union != (self.calls % RETRY_EVERY == 0)
+
+    def record(self, union: bool, seconds: float) -> None:
+        path = int(union)
+        self.runs[path] += 1
+        if self.runs[path] == 1:  # the warm-up
+            return
+        kept = self.seconds[path]
+        self.seconds[path] = seconds if kept is None else 0.7 * kept + 0.3 * seconds
 
 
 @dataclass
@@ -73,6 +110,7 @@ class HeadStats:
     calls: int = 0
     sparse_calls: int = 0  # the union head ran
     fallback_calls: int = 0  # the target's logits came alone, but the union was too large: the assistant's, dense
+    union_calls: int = 0  # calls whose union was computed (a timed rule's stacked calls skip it): what follows counts
     rows: int = 0
     kept: int = 0  # kept tokens summed over rows
     union: int = 0  # union sizes summed over calls
@@ -84,7 +122,7 @@ class HeadStats:
             "sparse_calls": self.sparse_calls,
             "fallback_calls": self.fallback_calls,
             "mean_kept_per_row": self.kept / max(self.rows, 1),
-            "mean_union": self.union / max(self.calls, 1),
+            "mean_union": self.union / max(self.union_calls, 1),
             "vocab": self.vocab,
         }
 
@@ -95,7 +133,8 @@ class AssistantHead:
     def __init__(self, rule: SparseRule) -> None:
         self.rule = rule
         self.stats = HeadStats()
-        self.last_union_fraction = 0.0  # of the last call the rule looked at: the prediction for the next
+        self.last_union_fraction = 0.0  # of the last call the rule looked at: the untimed rule's prediction
+        self.clocks: dict[int, PathClock] = {}  # timed rule: by call size
         self._rows = torch.empty(0)  # gathered head rows, kept between calls (CPU allocations page-fault each time)
 
     def looks_at(self, rows: int) -> bool:
@@ -104,7 +143,19 @@ class AssistantHead:
 
     def plans_union(self, rows: int) -> bool:
         """Whether this call should compute the target's logits alone and then the union head (else: stacked)."""
-        return self.looks_at(rows) and self.last_union_fraction <= self.rule.max_union_fraction
+        if not self.looks_at(rows):
+            return False
+        if self.rule.timed:
+            return self._clock(rows).union_next()
+        return self.last_union_fraction <= self.rule.max_union_fraction
+
+    def timed(self, rows: int, union: bool, seconds: float) -> None:
+        """A looked-at call's time, by the path it planned (a union that fell back counts as the union's cost)."""
+        if self.rule.timed and self.looks_at(rows):
+            self._clock(rows).record(union, seconds)
+
+    def _clock(self, rows: int) -> PathClock:
+        return self.clocks.setdefault(rows.bit_length(), PathClock())
 
     def observe(self, keep: torch.Tensor) -> torch.Tensor | None:
         """Record a call's keep set (N, V); returns its union's token ids, or None for fewer than min_rows rows (the
@@ -115,15 +166,30 @@ class AssistantHead:
         union = keep.any(dim=0).nonzero().squeeze(1)  # (U,)
         self.last_union_fraction = union.numel() / vocab
         stats = self.stats
-        stats.calls, stats.rows, stats.vocab = stats.calls + 1, stats.rows + rows, vocab
+        stats.calls, stats.union_calls, stats.rows, stats.vocab = (
+            stats.calls + 1,
+            stats.union_calls + 1,
+            stats.rows + rows,
+            vocab,
+        )
         stats.kept += int(keep.sum())
         stats.union += union.numel()
         return union
 
-    def union_logits(self, hidden: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:
-        """The assistant's logits (N, V) on the batch's union of kept tokens, 0 elsewhere; None when the union is
-        over the rule's bound (the caller runs the dense head). hidden (N, H), weight (V', H) with V' >= V (vocab
-        padding), keep (N, V) bool."""
+    def stacked(self, keep: torch.Tensor) -> None:
+        """A call that took the stacked head: the untimed rule observes its union (the next call's prediction); a
+        timed one only counts it (its clock has the time, and the union would cost a pass over (N, V))."""
+        if self.rule.timed:
+            self.stats.calls += self.looks_at(keep.shape[0])
+        else:
+            self.observe(keep)
+
+    def union_logits(
+        self, hidden: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The assistant's logits on the batch's union of kept tokens: ((N, U) logits, (U,) token ids), which
+        `combine(..., columns=ids)` reads without an (N, V) tensor; None when the union is over the rule's bound (the
+        caller runs the dense head). hidden (N, H), weight (V', H) with V' >= V (vocab padding), keep (N, V) bool."""
         union = self.observe(keep)
         if union is None:  # fewer rows than the rule looks at
             return None
@@ -135,5 +201,11 @@ class AssistantHead:
         if not rows_fit or self._rows.shape[0] < union.numel():
             self._rows = weight.new_empty(union.numel(), weight.shape[1])
         rows = torch.index_select(weight, 0, union, out=self._rows[: union.numel()])  # (U, H)
-        logits = hidden.new_zeros(keep.shape, dtype=torch.float32)
-        return logits.index_copy_(1, union, (hidden @ rows.T).float())  # (N, U) from one GEMM
+        return hidden @ rows.T, union  # (N, U) from one GEMM
+
+
+def scatter_columns(values: torch.Tensor, columns: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(N, U) logits on `columns` as (N, vocab) float32, 0 elsewhere: for consumers that need every column (the
+    fused sampling kernel's inputs)."""
+    out = values.new_zeros((values.shape[0], vocab), dtype=torch.float32)
+    return out.index_copy_(1, columns, values.float())

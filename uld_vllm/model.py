@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import dataclasses
 import importlib
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from uld_vllm.bundle import (
 )
 from uld_vllm.combine import Mode, combine, relative_top_mask
 from uld_vllm.fused import RawLogits, fused_backend
-from uld_vllm.head import AssistantHead, SparseRule
+from uld_vllm.head import AssistantHead, SparseRule, scatter_columns
 from uld_vllm.shared import SharedBackbone, can_share, wrap_layers
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
@@ -170,14 +171,18 @@ class ULDForCausalLM(nn.Module):
         target_hidden, assistant_hidden = hidden_states.split(self.hidden_size, dim=-1)  # (N, H) each
         weight, filter, mode = self.settings.weight, self.settings.filter, _MODE.get()
         head, logits_processor = self.target.lm_head, self.target.logits_processor
-        implausible = None
+        implausible = columns = None
         assistant_head = self.head if filter > 0.0 else None  # with the filter off, every assistant logit is read
-        if assistant_head is not None and assistant_head.plans_union(target_hidden.shape[0]):
+        started, rows = time.perf_counter(), target_hidden.shape[0]
+        plans_union = assistant_head is not None and assistant_head.plans_union(rows)
+        if plans_union:
             target_logits = logits_processor(head, target_hidden)  # (N, V)
             implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
-            assistant_logits = assistant_head.union_logits(assistant_hidden, head.weight, ~implausible)
-            if assistant_logits is None:  # the union came out too large: the assistant's rows alone, dense
+            union = assistant_head.union_logits(assistant_hidden, head.weight, ~implausible)
+            if union is None:  # the union came out too large: the assistant's rows alone, dense
                 assistant_logits = logits_processor(head, assistant_hidden)
+            else:
+                assistant_logits, columns = union  # (N, U) on the union's token ids
         else:
             # One GEMM over both streams' rows: the LM head's weight is read once.
             logits = logits_processor(head, torch.cat([target_hidden, assistant_hidden]))
@@ -186,10 +191,16 @@ class ULDForCausalLM(nn.Module):
             target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
             if assistant_head is not None:
                 implausible = relative_top_mask(target_logits, filter)
-                assistant_head.observe(~implausible)  # what the next call's choice goes by
+                assistant_head.stacked(~implausible)
         if self.fused_sampling is not None and mode == "generate":
-            self.raw_logits = RawLogits(target_logits, assistant_logits, weight, filter)
-        return combine(target_logits, assistant_logits, weight, filter, mode, implausible)
+            dense = assistant_logits
+            if columns is not None:
+                dense = scatter_columns(assistant_logits, columns, target_logits.shape[1])
+            self.raw_logits = RawLogits(target_logits, dense, weight, filter)
+        logits = combine(target_logits, assistant_logits, weight, filter, mode, implausible, columns)
+        if assistant_head is not None:  # what a timed rule chooses by (CPU: every op above has finished)
+            assistant_head.timed(rows, plans_union, time.perf_counter() - started)
+        return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = {f"target.{name}" for name in self.target.load_weights(_checked(weights, "target"))}

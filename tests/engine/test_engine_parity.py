@@ -134,15 +134,20 @@ def _head_stats(model) -> dict:
 def test_the_sparse_head_gives_the_dense_heads_tokens_and_logprobs(bundle_factory):
     """Filter 0.1 on a 512-token vocabulary keeps >= 51 tokens per row. With the rule at one row and half the
     vocabulary, small batches take the union head, and the 64-prompt batch's union passes half the vocabulary: the
-    dense head. Both must equal the dense engine."""
+    dense head. The timed rule (the CPU default, here from one row) runs both paths on each call size before it
+    chooses. All must equal the dense engine."""
     from vllm import SamplingParams
 
     bundle = bundle_factory(family="llama", assistant="lora", filter=0.1, assistant_layers=2)
     prompts = mixed_prompts(64, 400, seed=4)
     scored = [{"prompt_token_ids": p} for p in prompts[:6]]
+    rules = {
+        "untimed": {"min_rows": 1, "max_union_fraction": 0.5},
+        "timed": {"min_rows": 1, "max_union_fraction": 0.5, "timed": True},
+        "dense": False,
+    }
     results = {}
-    for sparse in (True, False):
-        rule = {"min_rows": 1, "max_union_fraction": 0.5} if sparse else False
+    for name, rule in rules.items():
         with engine(bundle, hf_overrides={"uld_sparse_head": rule}) as llm:
             tokens = greedy(llm, prompts, MAX_TOKENS) + greedy(llm, prompts[:1], MAX_TOKENS)
             outputs = llm.generate(scored, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
@@ -154,11 +159,13 @@ def test_the_sparse_head_gives_the_dense_heads_tokens_and_logprobs(bundle_factor
                 for s, o in zip(scored, outputs, strict=True)
             ]
             (stats,) = llm.apply_model(_head_stats)
-        results[sparse] = (tokens, torch.tensor([v for row in logprobs for v in row]), stats)
-    (sparse_tokens, sparse_logprobs, stats), (dense_tokens, dense_logprobs, dense_stats) = results[True], results[False]
-    assert stats["sparse_calls"] > 0, "the union head never ran"
-    assert stats["fallback_calls"] > 0, "the dense fallback never ran"
-    assert stats["calls"] > stats["sparse_calls"] + stats["fallback_calls"], "the stacked head never ran"
+        results[name] = (tokens, torch.tensor([v for row in logprobs for v in row]), stats)
+    dense_tokens, dense_logprobs, dense_stats = results["dense"]
     assert dense_stats["calls"] == 0
-    assert sparse_tokens == dense_tokens
-    torch.testing.assert_close(sparse_logprobs, dense_logprobs, atol=1e-5, rtol=0)
+    for name in ("untimed", "timed"):
+        tokens, logprobs, stats = results[name]
+        assert stats["sparse_calls"] > 0, f"{name}: the union head never ran"
+        assert stats["calls"] > stats["sparse_calls"] + stats["fallback_calls"], f"{name}: the stacked head never ran"
+        assert tokens == dense_tokens
+        torch.testing.assert_close(logprobs, dense_logprobs, atol=1e-5, rtol=0)
+    assert results["untimed"][2]["fallback_calls"] > 0, "the dense fallback never ran"
