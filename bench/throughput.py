@@ -487,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: $ULD_DTYPE, else by CPU flags")
     parser.add_argument("--work", default="out/bench-models")
     parser.add_argument("--quick", action="store_true", help="tiny shape and sizes: checks the script, not speed")
+    parser.add_argument("--tag", help="results as throughput[-shape]-TAG.*: a partial run beside the full one")
     parser.add_argument("--resume", action="store_true", help="reuse the phases an earlier run of this spec finished")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -541,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["goals"] = goals(report)
     name = "throughput-quick" if args.quick else ("throughput" if shape_name == "bench" else f"throughput-{shape_name}")
+    name += f"-{args.tag}" if args.tag else ""
     write_report(report, name)
     return 0
 

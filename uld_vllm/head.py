@@ -13,22 +13,27 @@ gathers each needed row once.
 When the dense head is cheaper, and why the choice comes before the target's logits: the dense path runs ONE GEMM
 over both streams' rows [target; assistant], which reads the head's weight once. Where that GEMM is weight-bound
 (few rows) the assistant's rows ride along almost free, and no union can beat free: the sparse path first needs the
-target's logits alone (the same weight read), then gathers U rows and runs a second GEMM. Measured with vLLM's CPU
-GEMM (oneDNN, fp32, 2 AVX2 cores, V = 32000, H = 1024): stacking the assistant's rows added 0.7 ms to the target's
-7.9 ms at N = 1, 2.2 ms to 12.4 at N = 8, 27 ms to 38 at N = 64 and 58 ms to 68 at N = 128; the union path (gather
-into a kept buffer + GEMM) cost 3 + 11 = 14 ms at N = 8 and 3 + 19 = 22 ms at N = 64 for U = V/4, and 6 + 40 ms for
-U = V/2 at N = 64. So the union wins only where the head is compute-bound (N >= 64 here) and U <= V/4. On an AVX-512
-CPU with avx512_bf16, in bf16, the GEMMs alone suggested a bound of V/2 (N = 64: stacking added 6.2 ms; the union
-path cost 0.5 + 1.8 ms at U = V/4, 1.4 + 3.4 ms at U = V/2), but in the engine a V/2 bound sent every batch of the
-bench (unions of 0.29 V) through the union head for no gain (1.00x dense at batch 64, 0.96x in scoring): the mask,
-the union and the scattered (N, V) output eat the GEMM's saving. So V/4 stays. On a GPU the
-head stays weight-bound to a few hundred rows (H100, bf16: about 300 FLOPs per byte), hence its larger `min_rows`
-(from that roofline; not measured here). `SparseRule` holds the two numbers; `uld_sparse_head` in hf_overrides can
-replace them ({"min_rows": ..., "max_union_fraction": ...}) or turn the union head off (False).
+target's logits alone (the same weight read), then gathers U rows and runs a second GEMM. Where it is compute-bound
+the union's GEMM costs about U/V of the dense one. Which regime a call is in depends on the machine more than on the
+model: with vLLM's CPU GEMM (oneDNN, V = 32000, H = 1024), stacking 64 assistant rows added 27 ms to the target's
+38 ms on 2 AVX2 cores in fp32, 6 ms to 10 ms on 2 AMD cores with avx512_bf16 in bf16, and 30 ms to 30 ms on 2 Intel
+cores with avx512_bf16 in bf16 (there the union path of U = 0.24 V at N = 64 cost 1.6 + 1 + 8.5 ms: union, gather,
+GEMM). A fixed union bound right on one of these machines is wrong on another (V/4 was measured best on the AMD one,
+where a V/2 bound ran 0.96x dense in scoring; on the Intel one the union still wins at 0.44 V).
 
-The union is only known after the target's logits, so the choice uses the last qualifying call's union (decode steps
-of one batch keep similar keep sets); when the union turns out larger than the rule allows, the assistant's head runs
-dense on its own rows and the next call goes back to the stacked GEMM. Every path gives the dense path's output.
+So on CPU the rule is timed: compute_logits is synchronous there, so each call's wall time is known, and per call
+size (rows rounded down to a power of 2: decode steps of a batch, prompt chunks of a size) `PathClock` times both
+paths and takes the faster, re-timing the other now and then. The union bound (V/2) then only spares the union head
+calls it cannot win. On a GPU timing a call would synchronise the device, so the rule there is untimed: `min_rows`
+from the roofline (H100, bf16: the head stays weight-bound to a few hundred rows; not measured here) and a V/4 bound
+on the last looked-at call's union (decode steps of one batch keep similar keep sets). `SparseRule` holds the
+numbers; `uld_sparse_head` in hf_overrides can replace them ({"min_rows": ..., "max_union_fraction": ...,
+"timed": ...}) or turn the union head off (False).
+
+The union is only known after the target's logits; when it turns out larger than the bound, the assistant's head
+runs dense on its own rows (a fallback, timed as the union path's cost). The union head hands ULD's combination its
+(N, U) logits and the union's ids (`combine(..., columns=...)`): no (N, V) assistant tensor is filled. Every path
+gives the dense path's output.
 """
 
 from __future__ import annotations
