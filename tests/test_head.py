@@ -87,6 +87,8 @@ def test_a_timed_rule_times_both_paths_then_takes_the_faster_and_retries_the_oth
     assert not head.plans_union(7)
     head.timed(7, False, 1.0)
     assert set(head.clocks) == {(64).bit_length(), (8).bit_length()}
+    clock = head.report()["logits_ms_by_rows"]["64-127"]  # 127 rows: the same clock as 64
+    assert clock["calls"] == 4 + 5 * RETRY_EVERY + 1 and clock["stacked"] == pytest.approx(30.0)
 
 
 @pytest.mark.parametrize(
