@@ -692,7 +692,7 @@ def write_report(report: dict, name: str) -> None:
     lines += [
         "",
         "The engine's own head statistics (mean kept/row, mean union) count the logits calls the sparse head's rule"
-        " looks at (64 rows or more, decode and scoring); the realism table below is the bench head on random contexts"
+        " looks at (on CPU 8 rows or more, on CUDA 256; decode and scoring); the realism table below is the bench head on random contexts"
         " it was not fitted on.",
         *head_clock_lines(r.get("uld-f0.01", {}).get("head") or {}),
         "",
