@@ -185,23 +185,22 @@ class AssistantHead:
         union = keep.any(dim=0).nonzero().squeeze(1)  # (U,)
         self.last_union_fraction = union.numel() / vocab
         stats = self.stats
-        stats.calls, stats.union_calls, stats.rows, stats.vocab = (
-            stats.calls + 1,
-            stats.union_calls + 1,
-            stats.rows + rows,
-            vocab,
-        )
+        stats.calls += 1
+        stats.union_calls += 1
+        stats.rows += rows
         stats.kept += int(keep.sum())
         stats.union += union.numel()
+        stats.vocab = vocab
         return union
 
-    def stacked(self, keep: torch.Tensor) -> None:
-        """A call that took the stacked head: the untimed rule observes its union (the next call's prediction); a
-        timed one only counts it (its clock has the time, and the union would cost a pass over (N, V))."""
+    def stacked(self, implausible: torch.Tensor) -> None:
+        """A call that took the stacked head, with its (N, V) mask of ruled-out tokens: the untimed rule observes its
+        union (the next call's prediction); a timed one only counts it (its clock has the time, and the keep set and
+        its union would cost passes over (N, V))."""
         if self.rule.timed:
-            self.stats.calls += self.looks_at(keep.shape[0])
+            self.stats.calls += self.looks_at(implausible.shape[0])
         else:
-            self.observe(keep)
+            self.observe(~implausible)
 
     def union_logits(
         self, hidden: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor

@@ -191,7 +191,7 @@ class ULDForCausalLM(nn.Module):
             target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
             if assistant_head is not None:
                 implausible = relative_top_mask(target_logits, filter)
-                assistant_head.stacked(~implausible)
+                assistant_head.stacked(implausible)
         if self.fused_sampling is not None and mode == "generate":
             dense = assistant_logits
             if columns is not None:
