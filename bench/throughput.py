@@ -676,7 +676,11 @@ def write_report(report: dict, name: str) -> None:
         ("uld-f0.01", "plain", f"bytes {c['byte_limit_shared']:.3f} / FLOPs {c['flop_limit_sparse']:.3f}"),
         ("uld-f0.01-dense", "plain", f"bytes {c['byte_limit_shared']:.3f} / FLOPs {c['flop_limit_dense']:.3f}"),
         ("uld-merged-f0", "plain", f"bytes {c['byte_limit_merged']:.3f} / FLOPs {c['flop_limit_dense']:.3f}"),
-        ("uld-f0.01", "uld-f0.01-dense", "sparse / dense head"),
+        (
+            "uld-f0.01",
+            "uld-f0.01-dense",
+            f"FLOPs {c['flop_limit_sparse'] / c['flop_limit_dense']:.3f} (sparse / dense head)",
+        ),
         ("uld-f0.01", "hf-reference", "ULD / paper's decoder"),
     ):
         cells = [f"{v:.2f}" if (v := ratio(r, system, base, b)) else "-" for b in sizes]
