@@ -36,7 +36,7 @@ from uld_vllm.bundle import (
 from uld_vllm.combine import Mode, combine, relative_top_mask
 from uld_vllm.fused import RawLogits, fused_backend
 from uld_vllm.head import AssistantHead, SparseRule, scatter_columns
-from uld_vllm.shared import SharedBackbone, can_share, wrap_layers
+from uld_vllm.shared import SharedBackbone, can_share, stack_streams, wrap_layers
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
 # (teacher-forced scoring, what TOFU metrics read) need scoring mode. vLLM calls one method for both, so the plugin
@@ -98,6 +98,7 @@ class ULDForCausalLM(nn.Module):
         # The union head reads lm_head.weight directly: a whole (unsharded) head with plain logits.
         processor = self.target.logits_processor
         device = torch.device(vllm_config.device_config.device)
+        self.stack_outside = device.type == "cpu"  # see SharedBackbone: where the streams' rows are stacked
         rule = SparseRule.from_setting(getattr(config, "uld_sparse_head", True), device.type)
         plain_head = getattr(processor, "scale", 1.0) == 1.0 and getattr(processor, "soft_cap", None) is None
         self.head = AssistantHead(rule) if rule is not None and tensor_parallel == 1 and plain_head else None
@@ -159,10 +160,14 @@ class ULDForCausalLM(nn.Module):
         intermediate_tensors: IntermediateTensors | None = None,
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.shared:
-            return self.backbone(input_ids, positions, inputs_embeds)
-        target_hidden = self.target(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
-        assistant_hidden = self.assistant(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
+        if self.shared and self.stack_outside:
+            stacked = stack_streams(self.target.model, input_ids, positions, inputs_embeds)
+            target_hidden, assistant_hidden = self.backbone(None, positions, None, *stacked)
+        elif self.shared:
+            target_hidden, assistant_hidden = self.backbone(input_ids, positions, inputs_embeds)
+        else:
+            target_hidden = self.target(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
+            assistant_hidden = self.assistant(input_ids, positions, intermediate_tensors, inputs_embeds)  # (T, H)
         # The runner selects rows (tokens) of whatever forward returns and hands them to compute_logits, so both
         # models' states travel together on the feature axis.
         return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)

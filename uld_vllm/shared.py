@@ -141,15 +141,37 @@ def can_share(layers: nn.ModuleList, tensor_parallel: int, quantized: bool) -> s
     return None
 
 
+def stack_streams(
+    decoder: nn.Module, input_ids: torch.Tensor | None, positions: torch.Tensor, inputs_embeds: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both streams' first-layer inputs, stacked: (2T, H) embeddings [target rows; assistant rows], looked up once,
+    and (2T,) positions."""
+    hidden = decoder.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds  # (T, H)
+    return torch.cat([hidden, hidden]), torch.cat([positions, positions])
+
+
 @support_torch_compile(
-    dynamic_arg_dims={"input_ids": {0: "b"}, "positions": {0: "b"}, "inputs_embeds": {0: "b"}},
+    dynamic_arg_dims={
+        "input_ids": {0: "b"},
+        "positions": {0: "b"},
+        "inputs_embeds": {0: "b"},
+        "stacked_embeds": 0,
+        "stacked_positions": 0,
+    },
 )
 class SharedBackbone(nn.Module):
     """Both streams through the target's decoder (a vLLM `...Model`): stacked rows for layers 0..K-1, the target's
-    rows alone after; returns (T, 2H) = [target hidden | assistant hidden], each after the shared final norm.
+    rows alone after; returns the target's and the assistant's hidden states, (T, H) each, after the shared final norm.
 
     Compiled by vLLM like the family's own backbone (it is the module that runs in shared mode); the target's modules
-    are held by reference, not registered here, so their parameters keep their names and are loaded once."""
+    are held by reference, not registered here, so their parameters keep their names and are loaded once.
+
+    Where the rows are stacked: on CPU the caller stacks them (`stack_streams`) and passes them in, so 2T is a size
+    of its own in the graph and the stacked layers compile to the plain layers' kernels. Stacked inside the graph their
+    bound is `2*T`, and Inductor wrote their norm, RoPE and SiLU kernels again (15 C++ kernels against plain vLLM's
+    10; the cold start 1.23x plain's on the bench shape). For the same reason the two outputs are returned apart: a
+    (T, 2H) concatenation in the graph would tell it that 2T = T + T. On CUDA they are stacked inside: vLLM's CUDA graphs capture
+    the compiled pieces' input addresses, which a tensor made outside at every step would not keep."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", decoder: nn.Module, assistant_layers: int) -> None:
         super().__init__()
@@ -157,18 +179,23 @@ class SharedBackbone(nn.Module):
         self.assistant_layers = assistant_layers
 
     def forward(
-        self, input_ids: torch.Tensor | None, positions: torch.Tensor, inputs_embeds: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        inputs_embeds: torch.Tensor | None = None,
+        stacked_embeds: torch.Tensor | None = None,
+        stacked_positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         (model,) = self._decoder
-        hidden = model.embed_input_ids(input_ids) if inputs_embeds is None else inputs_embeds  # (T, H), looked up once
-        tokens = hidden.shape[0]
-        hidden, residual = torch.cat([hidden, hidden]), None  # (2T, H): [target rows; assistant rows]
-        both_positions = torch.cat([positions, positions])
+        if stacked_embeds is None:
+            stacked_embeds, stacked_positions = stack_streams(model, input_ids, positions, inputs_embeds)
+        tokens = positions.shape[0]
+        hidden, residual = stacked_embeds, None  # (2T, H)
         for layer in model.layers[: self.assistant_layers]:
-            hidden, residual = layer(both_positions, hidden, residual)
+            hidden, residual = layer(stacked_positions, hidden, residual)
         assistant_hidden, _ = model.norm(hidden[tokens:], residual[tokens:])  # (T, H)
         hidden, residual = hidden[:tokens], residual[:tokens]
         for layer in model.layers[self.assistant_layers :]:
             hidden, residual = layer(positions, hidden, residual)
         target_hidden, _ = model.norm(hidden, residual)  # (T, H)
-        return torch.cat([target_hidden, assistant_hidden], dim=-1)  # (T, 2H)
+        return target_hidden, assistant_hidden  # joined by the caller: in here that would tie 2T to T again
