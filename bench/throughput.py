@@ -241,12 +241,28 @@ def model_costs(config, rank: int, head_stats: dict | None) -> dict[str, float]:
         "layer_params": layer,
         "lora_params_per_layer": lora,
         "lm_head_params": head,
+        "sparse_head_params": sparse_head,
         "assistant_layers": k,
         "byte_limit_shared": target / (target + k * lora),
         "byte_limit_merged": target / (target + k * layer),
         "flop_limit_dense": target / (target + k * (layer + lora) + head),
         "flop_limit_sparse": target / (target + k * (layer + lora) + sparse_head),
     }
+
+
+def decode_limits(costs: dict, requests: list[tuple[list[int], int]]) -> dict[str, float]:
+    """The FLOP limits for one decode batch's work (model_costs' are per token: right for scoring, where every token
+    gets logits). In decode every prompt token and every output token but the last passes the layers (the target's L,
+    the assistant's K), while the heads run once per output token (vLLM computes logits only where it samples): the
+    prompts dilute the heads' share, and with it what a sparse head can save."""
+    layer_tokens = sum(len(prompt) + new - 1 for prompt, new in requests)
+    head_rows = sum(new for _, new in requests)
+    c = costs
+    plain = layer_tokens * (c["target_params"] - c["lm_head_params"]) + head_rows * c["lm_head_params"]
+    extra = layer_tokens * c["assistant_layers"] * (c["layer_params"] + c["lora_params_per_layer"])
+    dense = plain + extra + head_rows * c["lm_head_params"]
+    sparse = plain + extra + head_rows * c["sparse_head_params"]
+    return {"flop_limit_dense": plain / dense, "flop_limit_sparse": plain / sparse, "sparse_over_dense": dense / sparse}
 
 
 # ----------------------------------------------------------------------------------------------------- the workers
@@ -329,27 +345,32 @@ def engines_worker(spec: dict, requests, texts) -> dict:
 
     systems = spec["engine_systems"]
     engines = {system: start_engine(system, spec) for system in systems}
+    for llm in engines.values():
+        llm.apply_model(_clock_logits)
     results = {system: {"decode": {}} for system in systems}
 
-    def interleaved(prompts: list[list[int]], max_tokens: list[int] | None = None) -> dict[str, float]:
-        """Seconds to generate (max_tokens each, EOS ignored) or score (None: prompt log-probs), best of `repeats`
-        rounds, the systems taking turns within each round."""
+    def interleaved(prompts: list[list[int]], max_tokens: list[int] | None = None) -> dict[str, tuple[float, float]]:
+        """(seconds, seconds of them in compute_logits) to generate (max_tokens each, EOS ignored) or score (None:
+        prompt log-probs), the best of `repeats` rounds, the systems taking turns within each round."""
         if max_tokens is None:
             params = SamplingParams(max_tokens=1, prompt_logprobs=0)
         else:
             params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in max_tokens]
         inputs = [{"prompt_token_ids": p} for p in prompts]
-        times = {system: float("inf") for system in systems}
+        best = {system: (float("inf"), 0.0) for system in systems}
         # Small batches finish in about a second, where one process's timings vary most: 4x the rounds.
         rounds = spec["repeats"] * (4 if len(prompts) <= 8 else 1)
         for _ in range(rounds):
             for system in systems:
+                (logits_before,) = engines[system].apply_model(_logits_seconds)
                 begin = time.perf_counter()
                 outputs = engines[system].generate(inputs, params, use_tqdm=False)
-                times[system] = min(times[system], time.perf_counter() - begin)
+                seconds = time.perf_counter() - begin
+                (logits_after,) = engines[system].apply_model(_logits_seconds)
+                best[system] = min(best[system], (seconds, logits_after - logits_before))
                 if max_tokens is not None:
                     assert [len(o.outputs[0].token_ids) for o in outputs] == max_tokens
-        return times
+        return best
 
     try:
         interleaved([r[0] for r in requests[:2]], [4, 4])  # warm-up: first shapes, the prompt log-prob path
@@ -359,14 +380,16 @@ def engines_worker(spec: dict, requests, texts) -> dict:
             decode = interleaved(prompts, max_tokens)
             ttft = interleaved(prompts, [1] * size)
             for system in systems:
+                seconds, logits_seconds = decode[system]
                 results[system]["decode"][size] = {
-                    "tok_s": sum(max_tokens) / decode[system],
-                    "ttft_s": ttft[system],
+                    "tok_s": sum(max_tokens) / seconds,
+                    "logits_share": logits_seconds / seconds,
+                    "ttft_s": ttft[system][0],
                     "output_tokens": sum(max_tokens),
                 }
         scored = sum(len(t) - 1 for t in texts)
-        for system, seconds in interleaved(texts).items():
-            results[system]["scoring"] = {"tok_s": scored / seconds}
+        for system, (seconds, logits_seconds) in interleaved(texts).items():
+            results[system]["scoring"] = {"tok_s": scored / seconds, "logits_share": logits_seconds / seconds}
         for system in systems:
             if system != "plain":
                 (results[system]["head"],) = engines[system].apply_model(_head_stats)
@@ -375,6 +398,26 @@ def engines_worker(spec: dict, requests, texts) -> dict:
             shutdown_llm(llm)
         gc.collect()
     return results
+
+
+def _clock_logits(model) -> None:
+    """A clock around the model's compute_logits (the LM heads, ULD's combination and mask; not the sampler): a
+    round's share in it bounds what any head can save, measured rather than counted in FLOPs."""
+    compute_logits = model.compute_logits
+
+    def clocked(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return compute_logits(*args, **kwargs)
+        finally:
+            model.uld_bench_logits_seconds += time.perf_counter() - started
+
+    model.uld_bench_logits_seconds = 0.0
+    model.compute_logits = clocked
+
+
+def _logits_seconds(model) -> float:
+    return model.uld_bench_logits_seconds
 
 
 def _weight_bytes(model) -> int:
@@ -481,15 +524,15 @@ def measure_start(system: str, spec: dict, work: Path) -> dict:
     return warm | {"start_cold_seconds": cold["start_seconds"]}
 
 
-def measure_start_rounds(systems: list[str], spec: dict, work: Path, cold: bool) -> dict[str, list[float]]:
-    """More starts (each in a fresh process), the systems taking turns for `repeats` rounds: single starts vary by
+def measure_start_rounds(systems: list[str], spec: dict, work: Path, cold: bool, rounds: int) -> dict[str, list[float]]:
+    """More starts (each in a fresh process), the systems taking turns for `rounds` rounds: single starts vary by
     +-30% between processes here, so one start per system says little. Warm: with the compile cache measure_start
     left; cold: each start empties it first (and leaves a fresh one behind)."""
     import shutil
 
     samples: dict[str, list[float]] = {system: [] for system in systems}
     kind = "cold" if cold else "warm"
-    for _ in tqdm(range(spec["repeats"]), desc=f"{kind} starts, interleaved", unit="round"):
+    for _ in tqdm(range(rounds), desc=f"{kind} starts, interleaved", unit="round"):
         for system in systems:
             cache = work / "vllm-cache" / system
             if cold:
@@ -509,6 +552,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--scoring-texts", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="best of N per measurement")
+    parser.add_argument(
+        "--start-rounds",
+        type=int,
+        default=None,
+        help="interleaved start rounds after each system's first cold and warm start (default: --repeats; 0: none)",
+    )
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: $ULD_DTYPE, else by CPU flags")
     parser.add_argument("--work", default="out/bench-models")
     parser.add_argument("--quick", action="store_true", help="tiny shape and sizes: checks the script, not speed")
@@ -545,9 +594,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for system in tqdm(engine_systems, desc="engine starts", unit="system"):
         results[system] = starts.run(f"start-{system}", measure_start, system, spec, work)
+    start_rounds = spec["repeats"] if args.start_rounds is None else args.start_rounds
     for kind, key in (("warm", "start_seconds"), ("cold", "start_cold_seconds")):
-        phase = f"{kind}-starts-{'+'.join(engine_systems)}"
-        rounds = starts.run(phase, measure_start_rounds, engine_systems, spec, work, kind == "cold")
+        phase = f"{kind}-starts-{'+'.join(engine_systems)}-x{start_rounds}"
+        rounds = starts.run(phase, measure_start_rounds, engine_systems, spec, work, kind == "cold", start_rounds)
         for system in engine_systems:  # best of measure_start's and the interleaved rounds'
             results[system][f"{kind}_start_samples"] = [results[system][key], *rounds[system]]
             results[system][key] = min(results[system][f"{kind}_start_samples"])
@@ -562,13 +612,17 @@ def main(argv: list[str] | None = None) -> int:
 
     config = AutoConfig.from_pretrained(bundle)
     head = json.loads((work / "head.json").read_text())
+    costs = model_costs(config, LORA_RANK, results.get("uld-f0.01", {}).get("head"))
+    requests = decode_requests(max(spec["batch_sizes"]), spec["vocab"], seed=1)  # the workers' requests
     report = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in ["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(dtype),
         "shape": shape | {"assistant_layers": assistant_depth(shape["layers"]), "lora_rank": LORA_RANK},
         "head_realism": head,
-        "costs": model_costs(config, LORA_RANK, results.get("uld-f0.01", {}).get("head")),
+        "costs": costs,
+        "start_rounds": start_rounds,
+        "decode_limits": {str(b): decode_limits(costs, requests[:b]) for b in spec["batch_sizes"]},
         "spec": spec,
         "results": results,
     }
@@ -588,6 +642,21 @@ def ratio(results: dict, system: str, base: str, size: int, workload: str = "dec
         return None
 
 
+def free_head_ceiling(results: dict, size: int, workload: str = "decode") -> float | None:
+    """sparse / dense if the dense system's compute_logits cost only what plain's does (the target's head alone: the
+    assistant's head, ULD's mask and combination free). A measured bound on any assistant head: the sparse path still
+    computes the target's logits in full (the keep set needs every one)."""
+    try:
+        if workload == "scoring":
+            dense, plain = results["uld-f0.01-dense"]["scoring"], results["plain"]["scoring"]
+        else:
+            dense, plain = results["uld-f0.01-dense"]["decode"][str(size)], results["plain"]["decode"][str(size)]
+        dense_s, plain_s = 1.0 / dense["tok_s"], 1.0 / plain["tok_s"]  # seconds per token: both did the same tokens
+        return dense_s / (dense_s - dense["logits_share"] * dense_s + plain["logits_share"] * plain_s)
+    except KeyError:
+        return None
+
+
 def goals(report: dict) -> list[dict]:
     """The issue's goals, each with its measured value and whether it is met."""
     r, c = report["results"], report["costs"]
@@ -601,20 +670,29 @@ def goals(report: dict) -> list[dict]:
         )
 
     goal("batch 1 decode, filter 0: ULD / plain", ratio(r, "uld-f0", "plain", 1), 0.90)
-    sparse = ratio(r, "uld-f0.01", "plain", big)
+    sparse, limits = ratio(r, "uld-f0.01", "plain", big), report["decode_limits"][str(big)]
     goal(
-        f"batch {big} decode, filter 0.01: ULD / plain, as a share of its limit",
-        sparse / c["flop_limit_sparse"] if sparse else None,
+        f"batch {big} decode, filter 0.01: ULD / plain, as a share of its FLOP limit ({limits['flop_limit_sparse']:.3f})",
+        sparse / limits["flop_limit_sparse"] if sparse else None,
         0.95,
         "of limit",
     )
+
+    def bounds(flop_limit: float, ceiling: float | None) -> str:
+        free = "" if ceiling is None else f"; measured, a free assistant head: {ceiling:.3f}"
+        return f" (FLOP limit {flop_limit:.3f}{free})"
+
     goal(
-        f"batch {big} decode, filter 0.01: sparse head / dense head",
+        f"batch {big} decode, filter 0.01: sparse head / dense head"
+        + bounds(limits["sparse_over_dense"], free_head_ceiling(r, big)),
         ratio(r, "uld-f0.01", "uld-f0.01-dense", big),
         1.05,
     )
     goal(
-        "scoring, filter 0.01: sparse head / dense head", ratio(r, "uld-f0.01", "uld-f0.01-dense", big, "scoring"), 1.05
+        "scoring, filter 0.01: sparse head / dense head"
+        + bounds(c["flop_limit_sparse"] / c["flop_limit_dense"], free_head_ceiling(r, big, "scoring")),
+        ratio(r, "uld-f0.01", "uld-f0.01-dense", big, "scoring"),
+        1.05,
     )
     chosen = {s: x for s in sizes if (x := ratio(r, "uld-f0.01", "uld-f0.01-dense", s)) is not None}
     goal("cost-based head choice vs dense, worst batch size", min(chosen.values(), default=None), 1.0)
@@ -678,7 +756,7 @@ def write_report(report: dict, name: str) -> None:
         "Throughput: every vLLM system in one process, each measurement interleaved across systems, best of "
         f"{report['spec']['repeats']} rounds (ratios between processes vary by +-10-30% here; side by side they do not). "
         "Engine starts and peak memory: each system in its own processes; cold and warm starts each best of "
-        f"{report['spec']['repeats'] + 1}, the systems taking turns. The HF reference: its own process.",
+        f"{report['start_rounds'] + 1}, the systems taking turns. The HF reference: its own process.",
         "",
         "## Decode: output tokens/s (prompts 16-256 tokens, 16-128 new tokens each, EOS ignored, greedy)",
         "",
@@ -686,7 +764,7 @@ def write_report(report: dict, name: str) -> None:
     ]
     lines += [
         "",
-        "| ratio | " + " | ".join(f"B={b}" for b in sizes) + " | limit |",
+        "| ratio | " + " | ".join(f"B={b}" for b in sizes) + " | limit per token (one decode step) |",
         "|---|" + "---|" * (len(sizes) + 1),
     ]
     for system, base, limit in (
@@ -703,6 +781,21 @@ def write_report(report: dict, name: str) -> None:
     ):
         cells = [f"{v:.2f}" if (v := ratio(r, system, base, b)) else "-" for b in sizes]
         lines.append(f"| {system} / {base} | " + " | ".join(cells) + f" | {limit} |")
+    limits = report["decode_limits"]
+    for key, label in (
+        ("flop_limit_dense", "FLOP limit, ULD dense head / plain"),
+        ("flop_limit_sparse", "FLOP limit, ULD sparse head / plain"),
+        ("sparse_over_dense", "FLOP limit, sparse / dense head"),
+    ):
+        cells = [f"{limits[str(b)][key]:.3f}" for b in sizes]
+        lines.append(f"| {label}, this batch's work | " + " | ".join(cells) + " | |")
+    lines += [
+        "",
+        "FLOP limits for a batch's work count every prompt token through the layers and the heads once per output "
+        "token (vLLM computes logits only where it samples); the per-token limits hold for one decode step and for "
+        "scoring, where every token gets logits.",
+        *logits_share_lines(r, sizes),
+    ]
     lines += [
         "",
         "## Time to first token (s; the same B prompts, max_tokens 1)",
@@ -757,6 +850,34 @@ def write_report(report: dict, name: str) -> None:
     print("\n".join(lines))
 
 
+def logits_share_lines(results: dict, sizes: list[int]) -> list[str]:
+    """compute_logits' share of each round (absent in runs from before its clock): what the heads can save at most."""
+    shared = [s for s, res in results.items() if "logits_share" in res.get("scoring", {})]
+    if not shared:
+        return []
+    lines = [
+        "",
+        "## Where the time goes: compute_logits' share of each round",
+        "",
+        "The LM heads, ULD's mask and combination (not the sampler), timed around the model's compute_logits in the "
+        "same rounds as the throughput above. Any assistant head saves only inside it, and the sparse path still "
+        "computes the target's logits in full; the last row is sparse / dense if the dense system's compute_logits "
+        "cost only plain's.",
+        "",
+        "| system | " + " | ".join(f"B={b}" for b in sizes) + " | scoring |",
+        "|---|" + "---|" * (len(sizes) + 1),
+    ]
+    for system in shared:
+        decode = results[system]["decode"]
+        cells = [f"{decode[str(b)]['logits_share']:.1%}" if str(b) in decode else "-" for b in sizes]
+        lines.append(f"| {system} | " + " | ".join(cells) + f" | {results[system]['scoring']['logits_share']:.1%} |")
+    ceilings = [free_head_ceiling(results, b) for b in sizes] + [free_head_ceiling(results, 0, "scoring")]
+    if any(ceilings):
+        cells = [f"{x:.3f}" if x else "-" for x in ceilings]
+        lines.append("| sparse / dense, a free assistant head | " + " | ".join(cells) + " |")
+    return lines
+
+
 def head_clock_lines(head: dict) -> list[str]:
     """The timed rule's own clocks in uld-f0.01: the logits path of each head, per call size, in one process."""
     clocks = {rows: c for rows, c in head.get("logits_ms_by_rows", {}).items() if c["stacked"] and c["union"]}
@@ -796,8 +917,11 @@ def plot(report: dict, path: Path) -> None:
         if any(values):
             right.plot(sizes, [v or float("nan") for v in values], "o-", label=f"{system} / plain")
     right.axhline(c["byte_limit_shared"], color="k", linestyle="--", label="weight-bound limit (shared)")
-    right.axhline(c["flop_limit_dense"], color="k", linestyle=":", label="FLOP limit (dense head)")
-    right.axhline(c["flop_limit_sparse"], color="g", linestyle=":", label="FLOP limit (sparse head)")
+    limits = report["decode_limits"]
+    for key, color, label in (("flop_limit_dense", "k", "dense head"), ("flop_limit_sparse", "g", "sparse head")):
+        right.plot(
+            sizes, [limits[str(b)][key] for b in sizes], color=color, linestyle=":", label=f"FLOP limit ({label})"
+        )
     right.set(xscale="log", ylim=(0, 1.1), xlabel="batch size", ylabel="ratio", title="ULD / plain vLLM vs limits")
     right.legend(fontsize=8)
     fig.tight_layout()
