@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import random
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 from tqdm import tqdm
 
@@ -487,13 +489,15 @@ def measure(worker: str, spec: dict, cache: Path | None = None) -> dict:
 
 class Phases:
     """Each finished phase's result, saved under the work folder as it ends: `--resume` reuses those an earlier run
-    of the same spec finished (a full run takes over an hour; a killed one should not start over)."""
+    of the same spec finished (a full run takes over an hour; a killed one should not start over). A phase's file is
+    named by its spec's digest too, so a partial run (other systems, repeats) never overwrites a full run's."""
 
     def __init__(self, work: Path, spec: dict, resume: bool) -> None:
         self.folder, self.spec, self.resume = work / "phases", spec, resume
+        self.digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
     def run(self, name: str, measure_phase, *args) -> dict:
-        path = self.folder / f"{name}.json"
+        path = self.folder / f"{name}-{self.digest}.json"
         if self.resume and path.exists():
             saved = json.loads(path.read_text())
             if saved["spec"] == self.spec:
@@ -552,12 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--scoring-texts", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="best of N per measurement")
-    parser.add_argument(
-        "--start-rounds",
-        type=int,
-        default=None,
-        help="interleaved start rounds after each system's first cold and warm start (default: --repeats; 0: none)",
-    )
+    for kind in ("warm", "cold"):
+        parser.add_argument(
+            f"--{kind}-start-rounds",
+            type=int,
+            default=None,
+            help=f"interleaved {kind} start rounds after each system's first one (default: --repeats; 0: none)",
+        )
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: $ULD_DTYPE, else by CPU flags")
     parser.add_argument("--work", default="out/bench-models")
     parser.add_argument("--quick", action="store_true", help="tiny shape and sizes: checks the script, not speed")
@@ -594,10 +599,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for system in tqdm(engine_systems, desc="engine starts", unit="system"):
         results[system] = starts.run(f"start-{system}", measure_start, system, spec, work)
-    start_rounds = spec["repeats"] if args.start_rounds is None else args.start_rounds
+    start_rounds = {}
     for kind, key in (("warm", "start_seconds"), ("cold", "start_cold_seconds")):
-        phase = f"{kind}-starts-{'+'.join(engine_systems)}-x{start_rounds}"
-        rounds = starts.run(phase, measure_start_rounds, engine_systems, spec, work, kind == "cold", start_rounds)
+        count = getattr(args, f"{kind}_start_rounds")
+        start_rounds[kind] = count = spec["repeats"] if count is None else count
+        phase = f"{kind}-starts-{'+'.join(engine_systems)}-x{count}"
+        rounds = starts.run(phase, measure_start_rounds, engine_systems, spec, work, kind == "cold", count)
         for system in engine_systems:  # best of measure_start's and the interleaved rounds'
             results[system][f"{kind}_start_samples"] = [results[system][key], *rounds[system]]
             results[system][key] = min(results[system][f"{kind}_start_samples"])
@@ -706,6 +713,9 @@ def goals(report: dict) -> list[dict]:
         min(looked_at, default=None),
         1.0,
     )
+    inside = [x for s in sizes if s >= min_rows and (x := split_speedup(r, s, inside=True)) is not None]
+    if inside:
+        goal("the same, compute_logits alone (where the choice acts; the rest runs the same code)", min(inside), 1.0)
     for size in (1, big):
         goal(f"batch {size} decode: ULD (filter 0.01) / HF reference", ratio(r, "uld-f0.01", "hf-reference", size), 2.0)
     if "uld-f0" in r and "plain" in r:
@@ -719,12 +729,17 @@ def goals(report: dict) -> list[dict]:
                 "unit": "fraction",
             }
         )
-        for cache, key in (("warm compile cache", "start_seconds"), ("cold: compiles", "start_cold_seconds")):
+        for cache, kind, key in (
+            ("warm compile cache", "warm", "start_seconds"),
+            ("cold: compiles", "cold", "start_cold_seconds"),
+        ):
             if key in r["uld-f0"] and key in r["plain"]:
                 start = r["uld-f0"][key] / r["plain"][key]
+                samples = [r[s].get(f"{kind}_start_samples", []) for s in ("uld-f0", "plain")]
+                medians = f" (best of {len(samples[0])}; medians {median(samples[0]) / median(samples[1]):.3f})"
                 out.append(
                     {
-                        "goal": f"engine start ({cache}), ULD / plain",
+                        "goal": f"engine start ({cache}), ULD / plain" + (medians if all(samples) else ""),
                         "value": start,
                         "target": 1.15,
                         "met": start <= 1.15,
@@ -755,8 +770,9 @@ def write_report(report: dict, name: str) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags']) or '(none of the speed flags)'}; dtype {m['dtype']}. "
         "Throughput: every vLLM system in one process, each measurement interleaved across systems, best of "
         f"{report['spec']['repeats']} rounds (ratios between processes vary by +-10-30% here; side by side they do not). "
-        "Engine starts and peak memory: each system in its own processes; cold and warm starts each best of "
-        f"{report['start_rounds'] + 1}, the systems taking turns. The HF reference: its own process.",
+        "Engine starts and peak memory: each system in its own processes; cold starts best of "
+        f"{report['start_rounds']['cold'] + 1} and warm ones of {report['start_rounds']['warm'] + 1}, the systems taking "
+        "turns (every sample in the JSON). The HF reference: its own process.",
         "",
         "## Decode: output tokens/s (prompts 16-256 tokens, 16-128 new tokens each, EOS ignored, greedy)",
         "",
@@ -875,7 +891,26 @@ def logits_share_lines(results: dict, sizes: list[int]) -> list[str]:
     if any(ceilings):
         cells = [f"{x:.3f}" if x else "-" for x in ceilings]
         lines.append("| sparse / dense, a free assistant head | " + " | ".join(cells) + " |")
+    for inside, label in ((True, "compute_logits alone"), (False, "the rest of the round (the same code in both)")):
+        splits = [split_speedup(results, b, inside) for b in sizes] + [split_speedup(results, 0, inside, "scoring")]
+        if any(splits):
+            cells = [f"{x:.3f}" if x else "-" for x in splits]
+            lines.append(f"| sparse / dense, {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def split_speedup(results: dict, size: int, inside: bool, workload: str = "decode") -> float | None:
+    """sparse / dense speed of one part of the round: compute_logits (where the head choice acts) or the rest (the
+    same code in both systems, so its ratio is the measurement's spread)."""
+    try:
+        parts = []
+        for system in ("uld-f0.01-dense", "uld-f0.01"):
+            res = results[system]["scoring"] if workload == "scoring" else results[system]["decode"][str(size)]
+            share = res["logits_share"] if inside else 1.0 - res["logits_share"]
+            parts.append(share / res["tok_s"])  # seconds per token in that part
+        return parts[0] / parts[1]
+    except KeyError:
+        return None
 
 
 def head_clock_lines(head: dict) -> list[str]:
