@@ -640,11 +640,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def measured(results: dict, system: str, size: int, workload: str = "decode") -> dict:
+    """One system's measurement: the decode workload at batch `size`, or scoring (KeyError where it was not run)."""
+    return results[system]["scoring"] if workload == "scoring" else results[system]["decode"][str(size)]
+
+
 def ratio(results: dict, system: str, base: str, size: int, workload: str = "decode") -> float | None:
     try:
-        if workload == "scoring":
-            return results[system]["scoring"]["tok_s"] / results[base]["scoring"]["tok_s"]
-        return results[system]["decode"][str(size)]["tok_s"] / results[base]["decode"][str(size)]["tok_s"]
+        return measured(results, system, size, workload)["tok_s"] / measured(results, base, size, workload)["tok_s"]
     except KeyError:
         return None
 
@@ -654,10 +657,7 @@ def free_head_ceiling(results: dict, size: int, workload: str = "decode") -> flo
     assistant's head, ULD's mask and combination free). A measured bound on any assistant head: the sparse path still
     computes the target's logits in full (the keep set needs every one)."""
     try:
-        if workload == "scoring":
-            dense, plain = results["uld-f0.01-dense"]["scoring"], results["plain"]["scoring"]
-        else:
-            dense, plain = results["uld-f0.01-dense"]["decode"][str(size)], results["plain"]["decode"][str(size)]
+        dense, plain = (measured(results, system, size, workload) for system in ("uld-f0.01-dense", "plain"))
         dense_s, plain_s = 1.0 / dense["tok_s"], 1.0 / plain["tok_s"]  # seconds per token: both did the same tokens
         return dense_s / (dense_s - dense["logits_share"] * dense_s + plain["logits_share"] * plain_s)
     except KeyError:
@@ -877,8 +877,8 @@ def logits_share_lines(results: dict, sizes: list[int]) -> list[str]:
         "",
         "The LM heads, ULD's mask and combination (not the sampler), timed around the model's compute_logits in the "
         "same rounds as the throughput above. Any assistant head saves only inside it, and the sparse path still "
-        "computes the target's logits in full; the last row is sparse / dense if the dense system's compute_logits "
-        "cost only plain's.",
+        "computes the target's logits in full. 'A free assistant head': sparse / dense if the dense system's "
+        "compute_logits cost only plain's; the last two rows split sparse / dense into compute_logits and the rest.",
         "",
         "| system | " + " | ".join(f"B={b}" for b in sizes) + " | scoring |",
         "|---|" + "---|" * (len(sizes) + 1),
@@ -905,7 +905,7 @@ def split_speedup(results: dict, size: int, inside: bool, workload: str = "decod
     try:
         parts = []
         for system in ("uld-f0.01-dense", "uld-f0.01"):
-            res = results[system]["scoring"] if workload == "scoring" else results[system]["decode"][str(size)]
+            res = measured(results, system, size, workload)
             share = res["logits_share"] if inside else 1.0 - res["logits_share"]
             parts.append(share / res["tok_s"])  # seconds per token in that part
         return parts[0] / parts[1]
