@@ -213,6 +213,11 @@ def decode_requests(count: int, vocab: int, seed: int) -> list[tuple[list[int], 
     ]
 
 
+def spec_requests(spec: dict) -> list[tuple[list[int], int]]:
+    """The decode requests every worker runs (the first B of them at batch size B), and the report's limits count."""
+    return decode_requests(max(spec["batch_sizes"]), spec["vocab"], seed=1)
+
+
 def scoring_texts(count: int, vocab: int, seed: int) -> list[list[int]]:
     """Prompt + answer token ids of 64-192 tokens: what TOFU's teacher-forced metrics score."""
     rng = random.Random(seed)
@@ -280,7 +285,7 @@ def run_worker(worker: str, spec: dict) -> dict:
     import torch
 
     torch.manual_seed(0)
-    requests = decode_requests(max(spec["batch_sizes"]), spec["vocab"], seed=1)
+    requests = spec_requests(spec)
     texts = scoring_texts(spec["scoring_texts"], spec["vocab"], seed=2)
     if worker == "hf-reference":
         return reference_worker(spec, requests, texts)
@@ -620,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     config = AutoConfig.from_pretrained(bundle)
     head = json.loads((work / "head.json").read_text())
     costs = model_costs(config, LORA_RANK, results.get("uld-f0.01", {}).get("head"))
-    requests = decode_requests(max(spec["batch_sizes"]), spec["vocab"], seed=1)  # the workers' requests
+    requests = spec_requests(spec)
     report = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in ["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
