@@ -109,10 +109,12 @@ def combine(
         return out.masked_fill(target_logprobs == float("-inf"), float("-inf"))
     implausible = relative_top_mask(target, filter) if implausible is None else implausible
     # target + w * a' with a' = 0 where implausible; in place where the tensor is ours (at (N, V) every pass counts).
+    target_is_ours = target is not target_logits  # float() converted (bf16 logits): a copy we may write
     if columns is None:
-        out = target + assistant.masked_fill(implausible, 0.0).mul_(weight)
+        delta = assistant.masked_fill(implausible, 0.0).mul_(weight)
+        out = target.add_(delta) if target_is_ours else target + delta
     else:
-        out = target_logits.to(torch.float32, copy=True)
+        out = target if target_is_ours else target.clone()
         out.index_add_(1, columns, assistant.masked_fill(implausible[:, columns], 0.0).mul_(weight))
     if mode == "generate":
         out.masked_fill_(implausible, MASKED_LOGIT)
