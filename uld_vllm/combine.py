@@ -108,14 +108,16 @@ def combine(
         # A token the target rules out stays ruled out, also where the assistant rules it out too (-inf + inf = NaN).
         return out.masked_fill(target_logprobs == float("-inf"), float("-inf"))
     implausible = relative_top_mask(target, filter) if implausible is None else implausible
-    # target + w * a' with a' = 0 where implausible; in place where the tensor is ours (at (N, V) every pass counts).
-    target_is_ours = target is not target_logits  # float() converted (bf16 logits): a copy we may write
+    # target + w * a' with a' = 0 where implausible, in place on tensors float() copied (at (N, V) every pass counts).
+    scoring = mode == "score"
+    if scoring:  # generation overwrites the implausible tokens last, so a' = 0 is only written here
+        assistant = assistant.masked_fill(implausible if columns is None else implausible[:, columns], 0.0)
+    delta = assistant.mul_(weight) if assistant is not assistant_logits else assistant * weight
     if columns is None:
-        delta = assistant.masked_fill(implausible, 0.0).mul_(weight)
-        out = target.add_(delta) if target_is_ours else target + delta
+        out = target.add_(delta) if target is not target_logits else target + delta
     else:
-        out = target if target_is_ours else target.clone()
-        out.index_add_(1, columns, assistant.masked_fill(implausible[:, columns], 0.0).mul_(weight))
-    if mode == "generate":
+        out = target if target is not target_logits else target.clone()
+        out.index_add_(1, columns, delta)
+    if not scoring:
         out.masked_fill_(implausible, MASKED_LOGIT)
     return out
