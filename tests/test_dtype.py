@@ -65,3 +65,10 @@ def test_machine_info_records_the_speed_flags_and_dtype():
     assert info["dtype"] == "float32" and info["cores"] >= 1 and info["cpu"]
     assert set(info["flags"]) <= set(machine.SPEED_FLAGS)
     assert set(info["flags"]) == set(machine.SPEED_FLAGS) & machine.cpu_flags()
+
+
+def test_machine_info_records_whether_torch_puts_tensors_on_huge_pages(monkeypatch):
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert machine.machine_info("float32")["huge_pages"].endswith("THP_MEM_ALLOC_ENABLE on")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    assert machine.machine_info("float32")["huge_pages"].endswith("THP_MEM_ALLOC_ENABLE off")

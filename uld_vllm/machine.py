@@ -43,8 +43,21 @@ def cpu_dtype(flags: frozenset[str] | set[str]) -> str:
     return "bfloat16" if FAST_BF16_FLAGS & set(flags) else "float32"
 
 
+def huge_pages() -> str:
+    """Whether torch's large CPU tensors sit on transparent huge pages: the kernel's THP mode, and torch's own switch
+    (THP_MEM_ALLOC_ENABLE=1 makes it madvise them, which the 'madvise' mode needs). It changes how weight reads scale
+    and how much identical runs differ (bench/throughput.py), so results record it."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        mode = text[text.index("[") + 1 : text.index("]")]
+    except (OSError, ValueError):
+        mode = "unknown"
+    torch_side = "on" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "off"
+    return f"kernel mode {mode}, torch THP_MEM_ALLOC_ENABLE {torch_side}"
+
+
 def machine_info(dtype: str) -> dict[str, Any]:
-    """CPU model, core count, speed-relevant flags and the dtype used: recorded beside every measured figure."""
+    """CPU model, core count, speed-relevant flags, huge pages and the dtype used: recorded beside every figure."""
     import torch
 
     flags = cpu_flags()
@@ -53,6 +66,7 @@ def machine_info(dtype: str) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "flags": [f for f in SPEED_FLAGS if f in flags],
         "dtype": dtype,
+        "huge_pages": huge_pages(),
         "torch": torch.__version__,
     }
     if torch.cuda.is_available():
