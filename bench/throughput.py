@@ -46,9 +46,9 @@ from tqdm import tqdm
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# torch's large tensors on transparent huge pages (madvise; every system alike, the HF reference too). Without them,
-# two identical engines in one process, interleaved (AMD EPYC, AVX2, fp32, best of 8 rounds), differed by up to 10%
-# at batch 1 and 7% at batch 8; with them by under 2% at both (the weights' page walks vary with where they landed).
+# torch's large tensors on transparent huge pages (madvise; every system alike, the HF reference too), as a tuned CPU
+# deployment runs. Tried as a cure for the spread between identical engines; it is not one: bench/spread.py (AMD EPYC,
+# AVX2, fp32, best of 8 rounds) had two copies of one system differ by up to 8% with them and 10% without.
 # Set THP_MEM_ALLOC_ENABLE=0 to measure without; the report records which (uld_vllm.machine.huge_pages).
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

@@ -45,8 +45,8 @@ def cpu_dtype(flags: frozenset[str] | set[str]) -> str:
 
 def huge_pages() -> str:
     """Whether torch's large CPU tensors sit on transparent huge pages: the kernel's THP mode, and torch's own switch
-    (THP_MEM_ALLOC_ENABLE=1 makes it madvise them, which the 'madvise' mode needs). It changes how weight reads scale
-    and how much identical runs differ (bench/throughput.py), so results record it."""
+    (THP_MEM_ALLOC_ENABLE=1 makes it madvise them, which the 'madvise' mode needs). A run condition that changes
+    how fast weights are read, so results record it."""
     try:
         text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
         mode = text[text.index("[") + 1 : text.index("]")]
