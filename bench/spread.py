@@ -6,9 +6,8 @@
 Two engines of each system (the same bundle, the same settings) in one process, measured exactly as throughput.py
 measures (its engines, decode requests and interleaving: the systems taking turns, the order rotating each round).
 Their ratio would be 1 on a quiet machine; what it is here is how far apart two rounds of identical work land, and so
-how small a difference a ratio in throughput.py can resolve. On these 2-core machines batch-1 decodes last seconds,
-and where the weights' pages happen to land matters (bench/throughput.py keeps torch's tensors on huge pages for
-that reason). Writes bench/results/spread[-TAG].{json,md}.
+how small a difference a ratio in throughput.py can resolve. Run with and without huge pages, it also says whether
+they narrow that spread (on the AMD EPYC with AVX2 they did not). Writes bench/results/spread[-TAG].{json,md}.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> di
                 llm.generate(inputs, params, use_tqdm=False)
             times: dict = {key: [] for key in copies}
             for round in throughput.tqdm(range(rounds), desc=f"batch {size}", unit="round"):
-                for key in copies[round % len(copies) :] + copies[: round % len(copies)]:
+                for key in throughput.rotated(copies, round):
                     begin = time.perf_counter()
                     engines[key].generate(inputs, params, use_tqdm=False)
                     times[key].append(time.perf_counter() - begin)
@@ -87,7 +86,6 @@ def write_report(report: dict, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uld_vllm.engine import resolve_dtype
     from uld_vllm.machine import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -101,27 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in systems if s not in throughput.SYSTEMS or s == "hf-reference"]
     if unknown:
         parser.error(f"not a vLLM system of bench/throughput.py: {', '.join(unknown)}")
-    dtype = resolve_dtype(None)
-    dtype = "bfloat16" if dtype == "auto" else dtype
-    shape = throughput.SHAPES["bench"]
-    work = Path(args.work) / f"bench-h{shape['hidden']}-L{shape['layers']}-V{shape['vocab']}"
-    bundle = throughput.build_model(work, shape)
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(work / "vllm-cache" / "engines"))  # throughput.py's compiled graphs
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    spec = {
-        "target": str(work / "target"),
-        "bundle": str(bundle),
-        "vocab": shape["vocab"],
-        "dtype": dtype,
-        "batch_sizes": sizes,
-        "kv_cache_bytes": 3 << 29,
-    }
+    work, spec = throughput.engine_spec(Path(args.work), "bench", None, sizes)
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(work / "vllm-cache" / "engines"))  # throughput.py's compiled graphs
     report = {
         "command": " ".join(
             [f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}", "python"]
             + [shlex.quote(a) for a in ["bench/spread.py", *(argv if argv is not None else sys.argv[1:])]]
         ),
-        "machine": machine_info(dtype),
+        "machine": machine_info(spec["dtype"]),
         "rounds": args.rounds,
         "seconds": measure(systems, spec, sizes, args.rounds),
     }

@@ -374,7 +374,7 @@ def engines_worker(spec: dict, requests, texts) -> dict:
         # Small batches finish in about a second, where one process's timings vary most: 4x the rounds.
         rounds = spec["repeats"] * (4 if len(prompts) <= 8 else 1)
         for round in range(rounds):
-            for system in systems[round % len(systems) :] + systems[: round % len(systems)]:  # no fixed neighbour
+            for system in rotated(systems, round):
                 (logits_before,) = engines[system].apply_model(_logits_seconds)
                 begin = time.perf_counter()
                 outputs = engines[system].generate(inputs, params, use_tqdm=False)
@@ -556,8 +556,32 @@ def measure_start_rounds(systems: list[str], spec: dict, work: Path, cold: bool,
     return samples
 
 
+def engine_spec(work_root: Path, shape_name: str, dtype: str | None, batch_sizes: list[int]) -> tuple[Path, dict]:
+    """The bench model of a shape (built once under work_root) and what every engine start reads: (work folder,
+    spec). dtype None: $ULD_DTYPE, else by CPU flags."""
+    from uld_vllm.engine import resolve_dtype
+
+    dtype = resolve_dtype(dtype)
+    shape = SHAPES[shape_name]
+    work = work_root / f"{shape_name}-h{shape['hidden']}-L{shape['layers']}-V{shape['vocab']}"
+    return work, {
+        "target": str(work / "target"),
+        "bundle": str(build_model(work, shape)),
+        "vocab": shape["vocab"],
+        "dtype": "bfloat16" if dtype == "auto" else dtype,  # CUDA: the HF reference needs a concrete dtype too
+        "batch_sizes": batch_sizes,
+        "kv_cache_bytes": 3 << 29,  # 1.5 GiB: B=128 at up to 384 tokens needs 1 GiB (ULD's 10 layers)
+        "huge_pages": os.environ["THP_MEM_ALLOC_ENABLE"] == "1",
+    }
+
+
+def rotated(items: list, round: int) -> list:
+    """`items` starting at round's turn: interleaved measurements where no item always follows the same neighbour."""
+    return items[round % len(items) :] + items[: round % len(items)]
+
+
 def main(argv: list[str] | None = None) -> int:
-    from uld_vllm.engine import DTYPES, resolve_dtype
+    from uld_vllm.engine import DTYPES
     from uld_vllm.machine import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -585,24 +609,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(run_worker(args.worker, json.loads(args.spec))))
         return 0
-    dtype = resolve_dtype(args.dtype)
-    dtype = "bfloat16" if dtype == "auto" else dtype  # CUDA: the HF reference needs a concrete dtype too
     shape_name = "quick" if args.quick else args.shape
-    shape = SHAPES[shape_name]
-    work = Path(args.work) / f"{shape_name}-h{shape['hidden']}-L{shape['layers']}-V{shape['vocab']}"
-    bundle = build_model(work, shape)
-    spec = {
-        "target": str(work / "target"),
-        "bundle": str(bundle),
-        "vocab": shape["vocab"],
-        "dtype": dtype,
-        "batch_sizes": [1, 4] if args.quick else [int(b) for b in args.batch_sizes.split(",")],
+    work, spec = engine_spec(
+        Path(args.work), shape_name, args.dtype, [1, 4] if args.quick else [int(b) for b in args.batch_sizes.split(",")]
+    )
+    spec |= {
         "reference_batch_sizes": [1] if args.quick else [int(b) for b in args.reference_batch_sizes.split(",")],
         "scoring_texts": 8 if args.quick else args.scoring_texts,
         "repeats": 1 if args.quick else args.repeats,
-        "kv_cache_bytes": 3 << 29,  # 1.5 GiB: B=128 at up to 384 tokens needs 1 GiB (ULD's 10 layers)
-        "huge_pages": os.environ["THP_MEM_ALLOC_ENABLE"] == "1",
     }
+    shape, dtype, bundle = SHAPES[shape_name], spec["dtype"], spec["bundle"]
     systems = args.systems.split(",")
     engine_systems = [s for s in systems if s != "hf-reference"]
     engines_spec = spec | {"engine_systems": engine_systems}
