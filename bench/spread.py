@@ -23,6 +23,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import throughput  # noqa: E402  (sets the process's environment, huge pages included, before torch)
+from bench.steps import best_steps, clock_steps, take_steps  # noqa: E402
 
 
 def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> dict:
@@ -33,6 +34,8 @@ def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> di
 
     copies = [(system, copy) for system in systems for copy in "AB"]
     engines = {key: throughput.start_engine(key[0], spec) for key in copies}
+    for llm in engines.values():
+        llm.apply_model(clock_steps)
     requests = throughput.spec_requests(spec)
     seconds: dict = {system: {} for system in systems}
     try:
@@ -42,15 +45,19 @@ def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> di
             for llm in engines.values():  # warm-up: this size's shapes
                 llm.generate(inputs, params, use_tqdm=False)
             times: dict = {key: [] for key in copies}
+            steps: dict = {key: [] for key in copies}
             for round in throughput.tqdm(range(rounds), desc=f"batch {size}", unit="round"):
                 for key in throughput.rotated(copies, round):
+                    engines[key].apply_model(take_steps)
                     begin = time.perf_counter()
                     engines[key].generate(inputs, params, use_tqdm=False)
                     times[key].append(time.perf_counter() - begin)
+                    steps[key].append(engines[key].apply_model(take_steps)[0])
             for system in systems:
                 seconds[system][str(size)] = {"tokens": sum(m for _, m in requests[:size])} | {
                     copy: times[(system, copy)] for copy in "AB"
                 }
+                seconds[system][str(size)]["steps"] = {copy: best_steps(steps[(system, copy)]) for copy in "AB"}
     finally:
         for llm in engines.values():
             shutdown_llm(llm)
@@ -70,8 +77,8 @@ def write_report(report: dict, name: str) -> None:
         f"{report['rounds']} rounds, every copy in one process, the order rotating each round.",
         "",
         "| system | batch | copy A tok/s, best / median | copy B tok/s, best / median | B / A, best of rounds | B / A, "
-        "medians |",
-        "|---|---|---|---|---|---|",
+        "medians | B / A, model time step by step |",
+        "|---|---|---|---|---|---|---|",
     ]
     for system, by_size in report["seconds"].items():
         for size, run in by_size.items():
@@ -79,10 +86,22 @@ def write_report(report: dict, name: str) -> None:
             lines.append(
                 f"| {system} | {size} | {run['tokens'] / min(a):.1f} / {run['tokens'] / median(a):.1f} | "
                 f"{run['tokens'] / min(b):.1f} / {run['tokens'] / median(b):.1f} | {min(a) / min(b):.3f} | "
-                f"{median(a) / median(b):.3f} |"
+                f"{median(a) / median(b):.3f} | {step_ratio(run.get('steps'))} |"
             )
+    lines += [
+        "",
+        "Model time step by step: each copy's rounds rebuilt from every engine step's fastest round (its forward and "
+        "compute_logits, bench/throughput.py's `best_steps`), the sum over the round's steps compared.",
+    ]
     (throughput.RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def step_ratio(steps: dict | None) -> str:
+    """B / A speed from each copy's `best_steps` ("-" for runs from before step clocks, or differing schedules)."""
+    if not steps or steps["A"]["schedule"] is None or steps["A"]["schedule"] != steps["B"]["schedule"]:
+        return "-"
+    return f"{steps['A']['model_s'] / steps['B']['model_s']:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
