@@ -7,7 +7,10 @@ Two engines of each system (the same bundle, the same settings) in one process, 
 measures (its engines, decode requests and interleaving: the systems taking turns, the order rotating each round).
 Their ratio would be 1 on a quiet machine; what it is here is how far apart two rounds of identical work land, and so
 how small a difference a ratio in throughput.py can resolve. Run with and without huge pages, it also says whether
-they narrow that spread (on the AMD EPYC with AVX2 they did not). Writes bench/results/spread[-TAG].{json,md}.
+they narrow that spread (on the AMD EPYC with AVX2 they did not). Each ratio comes three ways: best round, median
+round, and model time rebuilt from each engine step's best round (bench/steps.py, as throughput.py's step-by-step
+tables): on that machine the last kept identical engines within 4%, where whole rounds had spread up to 10%.
+Writes bench/results/spread[-TAG].{json,md}.
 """
 
 from __future__ import annotations
