@@ -1050,23 +1050,31 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     r, c = report["results"], report["costs"]
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {system: palette[i % len(palette)] for i, system in enumerate(SYSTEMS)}  # the same in both panels
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for system, res in r.items():
         sizes = sorted(int(b) for b in res["decode"])
-        left.plot(sizes, [res["decode"][str(b)]["tok_s"] for b in sizes], "o-", label=system)
+        tok_s = [res["decode"][str(b)]["tok_s"] for b in sizes]
+        left.plot(sizes, tok_s, "o-", color=color[system], label=system)
     left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="output tokens/s", title="decode throughput")
     left.legend(fontsize=8)
     sizes = report["spec"]["batch_sizes"]
     for system in ("uld-f0", "uld-f0.01", "uld-f0.01-dense", "uld-merged-f0"):
         values = [ratio(r, system, "plain", b) for b in sizes]
         if any(values):
-            right.plot(sizes, [v or float("nan") for v in values], "o-", label=f"{system} / plain")
+            right.plot(sizes, [v or float("nan") for v in values], "o-", color=color[system], label=f"{system} / plain")
+        stepped = [step_ratio(r, system, "plain", b) for b in sizes]
+        if any(stepped):
+            right.plot(sizes, [v or float("nan") for v in stepped], "x--", color=color[system], alpha=0.6)
     right.axhline(c["byte_limit_shared"], color="k", linestyle="--", label="weight-bound limit (shared)")
     limits = report["decode_limits"]
     for key, color, label in (("flop_limit_dense", "k", "dense head"), ("flop_limit_sparse", "g", "sparse head")):
         right.plot(
             sizes, [limits[str(b)][key] for b in sizes], color=color, linestyle=":", label=f"FLOP limit ({label})"
         )
+    if any(step_ratio(r, "uld-f0", "plain", b) for b in sizes):
+        right.plot([], [], "x--", color="gray", label="the same, step by step (model time)")
     right.set(xscale="log", ylim=(0, 1.1), xlabel="batch size", ylabel="ratio", title="ULD / plain vLLM vs limits")
     right.legend(fontsize=8)
     fig.tight_layout()
