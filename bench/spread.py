@@ -89,18 +89,18 @@ def write_report(report: dict, name: str) -> None:
             lines.append(
                 f"| {system} | {size} | {run['tokens'] / min(a):.1f} / {run['tokens'] / median(a):.1f} | "
                 f"{run['tokens'] / min(b):.1f} / {run['tokens'] / median(b):.1f} | {min(a) / min(b):.3f} | "
-                f"{median(a) / median(b):.3f} | {step_ratio(run.get('steps'))} |"
+                f"{median(a) / median(b):.3f} | {copies_step_ratio(run.get('steps'))} |"
             )
     lines += [
         "",
         "Model time step by step: each copy's rounds rebuilt from every engine step's fastest round (its forward and "
-        "compute_logits, bench/throughput.py's `best_steps`), the sum over the round's steps compared.",
+        "compute_logits, bench/steps.py), the sum over the round's steps compared.",
     ]
     (throughput.RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def step_ratio(steps: dict | None) -> str:
+def copies_step_ratio(steps: dict | None) -> str:
     """B / A speed from each copy's `best_steps` ("-" for runs from before step clocks, or differing schedules)."""
     if not steps or steps["A"]["schedule"] is None or steps["A"]["schedule"] != steps["B"]["schedule"]:
         return "-"
