@@ -26,7 +26,7 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import throughput  # noqa: E402  (sets the process's environment, huge pages included, before torch)
-from bench.steps import best_steps, clock_steps, take_steps  # noqa: E402
+from bench.steps import best_steps, clock_steps, steps_speedup, take_steps  # noqa: E402
 
 
 def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> dict:
@@ -102,9 +102,8 @@ def write_report(report: dict, name: str) -> None:
 
 def copies_step_ratio(steps: dict | None) -> str:
     """B / A speed from each copy's `best_steps` ("-" for runs from before step clocks, or differing schedules)."""
-    if not steps or steps["A"]["schedule"] is None or steps["A"]["schedule"] != steps["B"]["schedule"]:
-        return "-"
-    return f"{steps['A']['model_s'] / steps['B']['model_s']:.3f}"
+    speedup = steps_speedup(steps["B"], steps["A"]) if steps else None
+    return "-" if speedup is None else f"{speedup:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

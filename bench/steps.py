@@ -69,3 +69,11 @@ def best_steps(rounds: list[list[list[float]]]) -> dict:
         "decode_s": sum(decode),
         "logits_s": sum(min(run[3] for run in step) for step in by_step),
     }
+
+
+def steps_speedup(mine: dict, theirs: dict, part: str = "model_s") -> float | None:
+    """How much faster `mine` ran than `theirs` (both `best_steps`) in `part`: model_s, decode_s or logits_s. None
+    where they did not run the same schedule (so not the same work), or where `mine` has none of that part."""
+    if mine["schedule"] is None or mine["schedule"] != theirs["schedule"] or not mine[part]:
+        return None
+    return theirs[part] / mine[part]

@@ -53,7 +53,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.steps import best_steps, clock_steps, take_steps  # noqa: E402
+from bench.steps import best_steps, clock_steps, steps_speedup, take_steps  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SYSTEMS = {
@@ -682,9 +682,7 @@ def step_ratio(
         mine, theirs = (measured(results, s, size, workload)["steps"] for s in (system, base))
     except KeyError:
         return None
-    if mine["schedule"] is None or mine["schedule"] != theirs["schedule"] or not mine[part]:
-        return None
-    return theirs[part] / mine[part]
+    return steps_speedup(mine, theirs, part)
 
 
 def free_head_ceiling(results: dict, size: int, workload: str = "decode") -> float | None:
@@ -813,9 +811,15 @@ def goals(report: dict) -> list[dict]:
     return out
 
 
+def batch_table_head(first: str, sizes: list[int], *after: str) -> list[str]:
+    """A markdown table's header and rule: `first`, one column per batch size, then the columns `after`."""
+    columns = [first, *(f"B={b}" for b in sizes), *after]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def per_batch_table(results: dict, sizes: list[int], key: str, fmt: str) -> list[str]:
     """Markdown rows: one per system, one column per batch size, the decode measurement `key`."""
-    lines = ["| system | " + " | ".join(f"B={b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    lines = batch_table_head("system", sizes)
     for system, res in results.items():
         cells = [format(res["decode"][str(b)][key], fmt) if str(b) in res["decode"] else "-" for b in sizes]
         lines.append(f"| {system} | " + " | ".join(cells) + " |")
@@ -846,8 +850,7 @@ def write_report(report: dict, name: str) -> None:
     ]
     lines += [
         "",
-        "| ratio | " + " | ".join(f"B={b}" for b in sizes) + " | limit per token (one decode step) |",
-        "|---|" + "---|" * (len(sizes) + 1),
+        *batch_table_head("ratio", sizes, "limit per token (one decode step)"),
     ]
     for system, base, limit in (
         ("uld-f0", "plain", f"bytes {c['byte_limit_shared']:.3f} / FLOPs {c['flop_limit_dense']:.3f}"),
@@ -947,8 +950,7 @@ def logits_share_lines(results: dict, sizes: list[int]) -> list[str]:
         "computes the target's logits in full. 'A free assistant head': sparse / dense if the dense system's "
         "compute_logits cost only plain's; the last two rows split sparse / dense into compute_logits and the rest.",
         "",
-        "| system | " + " | ".join(f"B={b}" for b in sizes) + " | scoring |",
-        "|---|" + "---|" * (len(sizes) + 1),
+        *batch_table_head("system", sizes, "scoring"),
     ]
     for system in shared:
         decode = results[system]["decode"]
@@ -988,8 +990,7 @@ def step_lines(results: dict, costs: dict, limits: dict, sizes: list[int]) -> li
         "engines land apart this way: up to 4% (whole rounds: up to 8-10%). Limits: the FLOP limit of each batch's "
         "work for every step; per token (one decode step) for decode-only steps (every row decoding) and scoring.",
         "",
-        "| ratio | " + " | ".join(f"B={b}" for b in sizes) + " | scoring | FLOP limit per token |",
-        "|---|" + "---|" * (len(sizes) + 2),
+        *batch_table_head("ratio", sizes, "scoring", "FLOP limit per token"),
     ]
     for part, label in (("model_s", "every step"), ("decode_s", "decode-only steps"), ("logits_s", "compute_logits")):
         for system, base, per_token in rows:
@@ -1060,6 +1061,7 @@ def plot(report: dict, path: Path) -> None:
     left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="output tokens/s", title="decode throughput")
     left.legend(fontsize=8)
     sizes = report["spec"]["batch_sizes"]
+    any_stepped = False
     for system in ("uld-f0", "uld-f0.01", "uld-f0.01-dense", "uld-merged-f0"):
         values = [ratio(r, system, "plain", b) for b in sizes]
         if any(values):
@@ -1067,13 +1069,14 @@ def plot(report: dict, path: Path) -> None:
         stepped = [step_ratio(r, system, "plain", b) for b in sizes]
         if any(stepped):
             right.plot(sizes, [v or float("nan") for v in stepped], "x--", color=color[system], alpha=0.6)
+            any_stepped = True
     right.axhline(c["byte_limit_shared"], color="k", linestyle="--", label="weight-bound limit (shared)")
     limits = report["decode_limits"]
     for key, color, label in (("flop_limit_dense", "k", "dense head"), ("flop_limit_sparse", "g", "sparse head")):
         right.plot(
             sizes, [limits[str(b)][key] for b in sizes], color=color, linestyle=":", label=f"FLOP limit ({label})"
         )
-    if any(step_ratio(r, "uld-f0", "plain", b) for b in sizes):
+    if any_stepped:
         right.plot([], [], "x--", color="gray", label="the same, step by step (model time)")
     right.set(xscale="log", ylim=(0, 1.1), xlabel="batch size", ylabel="ratio", title="ULD / plain vLLM vs limits")
     right.legend(fontsize=8)

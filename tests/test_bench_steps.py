@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.steps import best_steps, clock_steps, take_steps
+from bench.steps import best_steps, clock_steps, steps_speedup, take_steps
 
 
 class TwoCalls(nn.Module):
@@ -55,3 +55,14 @@ def test_best_steps_refuses_rounds_of_different_schedules() -> None:
     other = _round([(1.0, 0.1)] * 3, schedule=((5, 1), (2, 2), (1, 1)))
     assert best_steps([_round([(1.0, 0.1)] * 3), other]) == {"schedule": None}
     assert best_steps([other])["schedule"] != best_steps([_round([(1.0, 0.1)] * 3)])["schedule"]
+
+
+def test_steps_speedup_compares_only_the_same_schedule() -> None:
+    fast, slow = best_steps([_round([(1.0, 0.5)] * 3)]), best_steps([_round([(2.0, 1.0)] * 3)])
+    assert steps_speedup(fast, slow) == pytest.approx(2.0)
+    assert steps_speedup(fast, slow, "logits_s") == pytest.approx(2.0)
+    prefill_only = best_steps([_round([(1.0, 0.5)], schedule=((5, 1),))])
+    assert steps_speedup(prefill_only, prefill_only, "decode_s") is None  # no decode-only steps: nothing to compare
+    other = best_steps([_round([(1.0, 0.5)] * 3, schedule=((5, 1), (2, 2), (1, 1)))])
+    assert steps_speedup(fast, other) is None
+    assert steps_speedup(fast, {"schedule": None}) is None
