@@ -11,7 +11,8 @@ side; the HF reference in its own process; torch's tensors on huge pages in ever
     plain            vLLM on the target alone
     uld-f0           the ULD engine, shared weights, filter 0 (dense assistant head: log_softmax needs every logit)
     uld-f0.01        the ULD engine, shared weights, filter 0.01 (sparse assistant head, chosen by cost)
-    uld-f0.01-dense  the same with the sparse head off: what the sparse head is measured against
+    uld-f0.01-dense  the same with the sparse head off: what the sparse head is measured against (its throughput on
+                     uld-f0.01's engine, the head switched off for its turns: HEAD_OFF_ON)
     uld-merged-f0    the merged-copy fallback (the design before shared weights), filter 0
     hf-reference     the HF reference decoder, batched, two KV caches (what the paper's code does), filter 0.01
 
@@ -39,6 +40,7 @@ import shlex
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from statistics import median
 
@@ -64,6 +66,11 @@ SYSTEMS = {
     "uld-merged-f0": {"filter": 0.0, "hf_overrides": {"uld_share_weights": False}},
     "hf-reference": {"filter": 0.01},
 }
+# Systems measured on another system's engine, with its assistant head switched off for their turns (what
+# uld_sparse_head False starts): the same weights, memory and process, so sparse / dense compares the head alone.
+# Separate engines of identical code ran 4-7% apart here (bench/spread.py, AMD EPYC, AVX2): more than the head choice
+# moves at the batch sizes where it is close. Engine starts and peak memory are still each system's own.
+HEAD_OFF_ON = {"uld-f0.01-dense": "uld-f0.01"}
 SHAPES = {
     "bench": dict(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, vocab=32000),
     "large": dict(hidden=2048, layers=8, heads=16, kv_heads=4, intermediate=5632, vocab=128256),
@@ -360,9 +367,18 @@ def engines_worker(spec: dict, requests, texts) -> dict:
     from uld_vllm.engine import shutdown_llm
 
     systems = spec["engine_systems"]
-    engines = {system: start_engine(system, spec) for system in systems}
-    for llm in engines.values():
+    host_of = spec.get("head_off_on", {})
+    engines = {system: start_engine(system, spec) for system in systems if system not in host_of}
+    engines |= {system: engines[host] for system, host in host_of.items()}
+    distinct = list({id(llm): llm for llm in engines.values()}.values())
+    for llm in distinct:
         llm.apply_model(clock_steps)
+
+    def turn(system: str):
+        """The system's engine, its head switched on or off for this system where engines are shared."""
+        if system in host_of or system in host_of.values():
+            engines[system].apply_model(partial(_switch_head, on=system not in host_of))
+        return engines[system]
     results = {system: {"decode": {}} for system in systems}
 
     def interleaved(prompts: list[list[int]], max_tokens: list[int] | None = None) -> dict[str, tuple]:
@@ -380,11 +396,12 @@ def engines_worker(spec: dict, requests, texts) -> dict:
         rounds = spec["repeats"] * (4 if len(prompts) <= 8 else 1)
         for round in range(rounds):
             for system in rotated(systems, round):
-                engines[system].apply_model(take_steps)  # drop what earlier calls left
+                llm = turn(system)
+                llm.apply_model(take_steps)  # drop what earlier calls left
                 begin = time.perf_counter()
-                outputs = engines[system].generate(inputs, params, use_tqdm=False)
+                outputs = llm.generate(inputs, params, use_tqdm=False)
                 seconds = time.perf_counter() - begin
-                (taken,) = engines[system].apply_model(take_steps)
+                (taken,) = llm.apply_model(take_steps)
                 steps[system].append(taken)
                 best[system] = min(best[system], (seconds, sum(step[3] for step in taken)))
                 if max_tokens is not None:
@@ -416,9 +433,9 @@ def engines_worker(spec: dict, requests, texts) -> dict:
             }
         for system in systems:
             if system != "plain":
-                (results[system]["head"],) = engines[system].apply_model(_head_stats)
+                (results[system]["head"],) = turn(system).apply_model(_head_stats)
     finally:
-        for llm in engines.values():
+        for llm in distinct:
             shutdown_llm(llm)
         gc.collect()
     return results
@@ -437,6 +454,14 @@ def _weight_bytes(model) -> int:
         if isinstance(m, LinearBase) and m.weight.numel() == 0
     )
     return held + packed
+
+
+def _switch_head(model, on: bool) -> None:
+    """The engine's assistant head as started (on) or none (off: the dense head, as uld_sparse_head False starts the
+    engine). Its clocks and stats stay with it while it is off."""
+    if not hasattr(model, "started_head"):
+        model.started_head = model.head
+    model.head = model.started_head if on else None
 
 
 def _head_stats(model) -> dict:
@@ -613,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = args.systems.split(",")
     engine_systems = [s for s in systems if s != "hf-reference"]
     # "clocks": what the engines worker records beside each round (a new digest: runs from before keep their phases).
+    spec["head_off_on"] = {s: host for s, host in HEAD_OFF_ON.items() if {s, host} <= set(engine_systems)}
     engines_spec = spec | {"engine_systems": engine_systems, "clocks": "steps"}
     phases = Phases(work, engines_spec, args.resume)
     starts = Phases(work, start_key(spec), args.resume)  # a start does not depend on the systems measured beside it
@@ -842,7 +868,12 @@ def write_report(report: dict, name: str) -> None:
         f"{report['spec']['repeats']} rounds (ratios between processes vary by +-10-30% here; side by side they do not). "
         "Engine starts and peak memory: each system in its own processes; cold starts best of "
         f"{report['start_rounds']['cold'] + 1} and warm ones of {report['start_rounds']['warm'] + 1}, the systems taking "
-        "turns (every sample in the JSON). The HF reference: its own process.",
+        "turns (every sample in the JSON). The HF reference: its own process."
+        + "".join(
+            f" {system}'s throughput: {host}'s engine with its assistant head switched off for its turns (the same "
+            "weights and memory: separate engines of identical code ran 4-7% apart, bench/spread.py)."
+            for system, host in report["spec"].get("head_off_on", {}).items()
+        ),
         "",
         "## Decode: output tokens/s (prompts 16-256 tokens, 16-128 new tokens each, EOS ignored, greedy)",
         "",
