@@ -379,6 +379,7 @@ def engines_worker(spec: dict, requests, texts) -> dict:
         if system in host_of or system in host_of.values():
             engines[system].apply_model(partial(_switch_head, on=system not in host_of))
         return engines[system]
+
     results = {system: {"decode": {}} for system in systems}
 
     def interleaved(prompts: list[list[int]], max_tokens: list[int] | None = None) -> dict[str, tuple]:
