@@ -1,7 +1,7 @@
 """The cost-based head choice against the dense head, in pairs of runs: one ULD engine (filter 0.01) on the bench
 model, its assistant head switched on and off run by run over the same requests.
 
-    .venv/bin/python bench/head_choice.py --batch-sizes 1,8,32,64,128 --pairs 6 --tag avx2
+    .venv/bin/python bench/head_choice.py --batch-sizes 1,8,32,64,128 --pairs 4 --tag avx2
 
 Why pairs: on these 2-core machines one run of identical code varies by about +-10%, and a best of 6 runs of the same
 engine and path differed by 7% between two series (AMD EPYC, AVX2, fp32, batch 1), more than the choice moves where it
@@ -19,7 +19,6 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from statistics import median
@@ -27,8 +26,15 @@ from statistics import median
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.steps import clock_steps, take_steps  # noqa: E402
-from bench.throughput import RESULTS, _switch_head, engine_spec, spec_requests, start_engine  # noqa: E402
+from bench.steps import clock_steps  # noqa: E402
+from bench.throughput import (  # noqa: E402
+    RESULTS,
+    _switch_head,
+    engine_spec,
+    spec_requests,
+    start_engine,
+    timed_generate,
+)
 
 PARTS = ("run", "model", "logits")  # whole run, forward + compute_logits, compute_logits alone
 
@@ -36,11 +42,7 @@ PARTS = ("run", "model", "logits")  # whole run, forward + compute_logits, compu
 def timed_run(llm, inputs: list[dict], params: list, head_on: bool) -> dict[str, float]:
     """Seconds of one generate call with the head on or off, and of its model parts."""
     llm.apply_model(partial(_switch_head, on=head_on))
-    llm.apply_model(take_steps)  # drop what earlier calls left
-    begin = time.perf_counter()
-    llm.generate(inputs, params, use_tqdm=False)
-    seconds = time.perf_counter() - begin
-    (steps,) = llm.apply_model(take_steps)
+    seconds, steps, _ = timed_generate(llm, inputs, params)
     return {
         "run": seconds,
         "model": sum(step[2] + step[3] for step in steps),

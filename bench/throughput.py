@@ -68,8 +68,9 @@ SYSTEMS = {
 }
 # Systems measured on another system's engine, with its assistant head switched off for their turns (what
 # uld_sparse_head False starts): the same weights, memory and process, so sparse / dense compares the head alone.
-# Separate engines of identical code ran 4-7% apart here (bench/spread.py, AMD EPYC, AVX2): more than the head choice
-# moves at the batch sizes where it is close. Engine starts and peak memory are still each system's own.
+# Runs of identical code drift by 4-7% over minutes here (bench/spread.py; on one shared engine too: head-choice-avx2,
+# AMD EPYC, AVX2): more than the head choice moves where it is close, so sharing removes only the engine-to-engine
+# part; bench/head_choice.py pairs adjacent runs for the rest. Engine starts and peak memory stay each system's own.
 HEAD_OFF_ON = {"uld-f0.01-dense": "uld-f0.01"}
 SHAPES = {
     "bench": dict(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, vocab=32000),
@@ -397,12 +398,7 @@ def engines_worker(spec: dict, requests, texts) -> dict:
         rounds = spec["repeats"] * (4 if len(prompts) <= 8 else 1)
         for round in range(rounds):
             for system in rotated(systems, round):
-                llm = turn(system)
-                llm.apply_model(take_steps)  # drop what earlier calls left
-                begin = time.perf_counter()
-                outputs = llm.generate(inputs, params, use_tqdm=False)
-                seconds = time.perf_counter() - begin
-                (taken,) = llm.apply_model(take_steps)
+                seconds, taken, outputs = timed_generate(turn(system), inputs, params)
                 steps[system].append(taken)
                 best[system] = min(best[system], (seconds, sum(step[3] for step in taken)))
                 if max_tokens is not None:
@@ -440,6 +436,17 @@ def engines_worker(spec: dict, requests, texts) -> dict:
             shutdown_llm(llm)
         gc.collect()
     return results
+
+
+def timed_generate(llm, inputs: list[dict], params) -> tuple[float, list, list]:
+    """(seconds, the model's steps as `bench.steps` clocks them, outputs) of one generate call: the one timed call
+    every measurement on a shared process makes."""
+    llm.apply_model(take_steps)  # drop what earlier calls left
+    begin = time.perf_counter()
+    outputs = llm.generate(inputs, params, use_tqdm=False)
+    seconds = time.perf_counter() - begin
+    (steps,) = llm.apply_model(take_steps)
+    return seconds, steps, outputs
 
 
 def _weight_bytes(model) -> int:
@@ -872,7 +879,8 @@ def write_report(report: dict, name: str) -> None:
         "turns (every sample in the JSON). The HF reference: its own process."
         + "".join(
             f" {system}'s throughput: {host}'s engine with its assistant head switched off for its turns (the same "
-            "weights and memory: separate engines of identical code ran 4-7% apart, bench/spread.py)."
+            "weights and memory; identical code still drifts 4-7% over minutes here, so its best rounds can land that "
+            "far apart: bench/head_choice.py pairs adjacent runs instead)."
             for system, host in report["spec"].get("head_off_on", {}).items()
         ),
         "",
