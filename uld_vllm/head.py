@@ -225,7 +225,11 @@ class AssistantHead:
         if not rows_fit or self._rows.shape[0] < width:
             self._rows = weight.new_empty(width, weight.shape[1])
         rows = torch.index_select(weight, 0, padded, out=self._rows[:width])  # (U padded, H)
-        return (hidden @ rows.T)[:, : union.numel()], union  # (N, U) from one GEMM
+        # rows @ hidden.T, not hidden @ rows.T: the same GEMM with the wide operand first ran 1.5-2x faster in the
+        # engine's process (torch's CPU GEMM, AMD EPYC AVX2, fp32, H = 1024: 6.7 against 11.6 ms at 64 rows x 7168
+        # columns, 2.5 against 5.4 at 32 x 5120, 17 against 27 at 128 x 9984; even at 2048 x 20224). The (N, U) result
+        # is a transposed view, which combine's index_add_ reads as it is.
+        return (rows @ hidden.T).T[:, : union.numel()], union  # (N, U) from one GEMM
 
 
 def union_and_count(keep: torch.Tensor) -> tuple[torch.Tensor, int]:
