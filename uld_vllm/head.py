@@ -226,9 +226,10 @@ class AssistantHead:
             self._rows = weight.new_empty(width, weight.shape[1])
         rows = torch.index_select(weight, 0, padded, out=self._rows[:width])  # (U padded, H)
         # rows @ hidden.T, not hidden @ rows.T: the same GEMM with the wide operand first ran 1.5-2x faster in the
-        # engine's process (torch's CPU GEMM, AMD EPYC AVX2, fp32, H = 1024: 6.7 against 11.6 ms at 64 rows x 7168
-        # columns, 2.5 against 5.4 at 32 x 5120, 17 against 27 at 128 x 9984; even at 2048 x 20224). The (N, U) result
-        # is a transposed view, which combine's index_add_ reads as it is.
+        # engine's process at decode sizes (torch's CPU GEMM, AMD EPYC AVX2, fp32, H = 1024: 6.7 against 11.6 ms at
+        # 64 rows x 7168 columns, 2.5 against 5.4 at 32 x 5120, 17 against 27 at 128 x 9984); at prompt chunks of
+        # 2048 rows x 20224 the two were within 5% (542 against 517 ms). Not measured on CUDA. The (N, U) result is a
+        # transposed view, which combine's index_add_ reads as it is.
         return (rows @ hidden.T).T[:, : union.numel()], union  # (N, U) from one GEMM
 
 
