@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from uld_vllm.combine import combine, relative_top_mask
-from uld_vllm.head import DEFAULT_RULES, RETRY_EVERY, AssistantHead, SparseRule, scatter_columns
+from uld_vllm.head import (
+    DEFAULT_RULES,
+    RETRY_EVERY,
+    AssistantHead,
+    SparseRule,
+    scatter_columns,
+    wide_operand_first,
+)
 
 EVERY_CALL = SparseRule(min_rows=1, max_union_fraction=0.5)
 
@@ -31,6 +38,22 @@ def test_union_head_equals_the_dense_head_wherever_ULD_reads_it():
             combine(target, values, -0.8, 0.01, mode, implausible, columns), combine(target, dense, -0.8, 0.01, mode)
         )
     assert head.stats.as_dict()["mean_kept_per_row"] >= int(0.01 * vocab)  # at least k = int(r * V) per row
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rows"), [(torch.float32, 24), (torch.bfloat16, 24), (torch.bfloat16, 32)], ids=["f32", "bf16", "bf16-32"]
+)
+def test_either_gemm_order_gives_the_dense_heads_kept_logits(dtype: torch.dtype, rows: int):
+    torch.manual_seed(3)
+    x, weight = torch.randn(rows, 64, dtype=dtype), torch.randn(500, 64, dtype=dtype)
+    keep = torch.rand(rows, 500) < 0.01  # a union of about a quarter of the vocabulary
+    values, columns = AssistantHead(EVERY_CALL).union_logits(x, weight, keep)
+    assert wide_operand_first(x) == (dtype == torch.float32 or rows == 32)  # both orders run in this test
+    dense = (x.float() @ weight.float().T)[keep]
+    tolerance = 1e-5 if dtype == torch.float32 else 0.05  # bf16 rounds the product to 8 bits of mantissa
+    torch.testing.assert_close(
+        scatter_columns(values, columns, 500)[keep].float(), dense, rtol=tolerance, atol=tolerance
+    )
 
 
 def test_the_kept_gather_buffer_serves_smaller_and_larger_unions():

@@ -225,12 +225,26 @@ class AssistantHead:
         if not rows_fit or self._rows.shape[0] < width:
             self._rows = weight.new_empty(width, weight.shape[1])
         rows = torch.index_select(weight, 0, padded, out=self._rows[:width])  # (U padded, H)
-        # rows @ hidden.T, not hidden @ rows.T: the same GEMM with the wide operand first ran 1.5-2x faster in the
-        # engine's process at decode sizes (torch's CPU GEMM, AMD EPYC AVX2, fp32, H = 1024: 6.7 against 11.6 ms at
-        # 64 rows x 7168 columns, 2.5 against 5.4 at 32 x 5120, 17 against 27 at 128 x 9984); at prompt chunks of
-        # 2048 rows x 20224 the two were within 5% (542 against 517 ms). Not measured on CUDA. The (N, U) result is a
-        # transposed view, which combine's index_add_ reads as it is.
-        return (rows @ hidden.T).T[:, : union.numel()], union  # (N, U) from one GEMM
+        if wide_operand_first(hidden):  # (N, U): a transposed view, which combine's index_add_ reads as it is
+            return (rows @ hidden.T).T[:, : union.numel()], union
+        return (hidden @ rows.T)[:, : union.numel()], union
+
+
+def wide_operand_first(hidden: torch.Tensor) -> bool:
+    """Whether the union GEMM runs as rows @ hidden.T (the wide (U, H) operand first) rather than hidden @ rows.T:
+    the same product, but torch's CPU GEMM picks other kernels for the two, and which is faster depends on the dtype.
+
+    Measured in one process, H = 1024, unions of 4096-8192 columns (2 cores):
+    - float32 (AMD EPYC, AVX2 and AVX-512): wide first 1.1-1.6x faster at most sizes from 16 rows (64 x 6144: 6.0
+      against 7.5 ms), even or up to 16% slower at a few (8, 31, 63 rows) and at prompt chunks (2048 x 20224: 542
+      against 517 ms);
+    - bfloat16 (AMD EPYC, avx512_bf16): wide first 1.05-1.3x faster only at multiples of 16 rows from 32 (32 x 8192:
+      2.2 against 2.9 ms), 1.2-2.4x slower elsewhere (24 x 8192: 4.3 against 2.3 ms; 72: 5.3 against 4.3).
+    Not measured on CUDA, where the order is kept as in float32."""
+    rows = hidden.shape[0]
+    if hidden.dtype == torch.float32 or hidden.is_cuda:
+        return True
+    return rows >= 32 and rows % 16 == 0
 
 
 def union_and_count(keep: torch.Tensor) -> tuple[torch.Tensor, int]:
