@@ -9,12 +9,12 @@ import torch
 from uld_vllm.combine import combine, relative_top_mask
 from uld_vllm.head import (
     DEFAULT_RULES,
-    RETRY_EVERY,
     AssistantHead,
     SparseRule,
     scatter_columns,
     wide_operand_first,
 )
+from uld_vllm.timed_choice import RETRY_EVERY
 
 EVERY_CALL = SparseRule(min_rows=1, max_union_fraction=0.5)
 

@@ -6,11 +6,14 @@ Semantics: ../shared/ULD_REFERENCE.md section 3 (paper arXiv 2406.08607, section
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 import torch
+
+from uld_vllm.timed_choice import PathClock
 
 Mode = Literal["generate", "score"]
 
@@ -34,21 +37,42 @@ def relative_top_mask(target_logits: torch.Tensor, filter: float) -> torch.Tenso
 
 
 _SELECT_THREADS: dict[int, ThreadPoolExecutor] = {}  # by thread count: made once, reused every step
+_SELECT_CLOCKS: dict[tuple[int, int, int], PathClock] = {}  # by (rows rounded down to a power of 2, V, k)
 
 
-def kth_largest_and_max(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def kth_largest_and_max(values: torch.Tensor, k: int, path: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of (N, V): the k-th largest value (duplicates counted, as topk) and the largest, (N, 1) each.
 
-    Why not torch.topk on CPU: it keeps the k best values per row in order, where the filter needs only the k-th.
-    numpy's introselect (np.partition) finds it in one pass and leaves the k best unordered behind it, whose max is
-    the row's; it releases the GIL, so row blocks run on torch's threads. Measured on 2 Intel cores (fp32, k = V/100):
-    4.6 ms against topk's 8.7 plus max's 1.9 at 64 x 32000, 11.5 against 42 + 7.4 at 64 x 128256. The mask is paid
-    on every ULD step with the filter on, whichever assistant head runs.
+    Two exact methods; neither is the faster one on every machine, so on CPU each call size takes whichever measured
+    faster in place (`PathClock`; `path` forces one: 0 torch.topk, 1 numpy). In the engine's process, the mask at
+    64 x 32000 (the selection after log_softmax, as compute_logits runs it):
+    - torch.topk(sorted=False): one pass per row in torch's own threads, the k best left unordered;
+    - numpy's introselect (np.partition) over row blocks in Python threads (it releases the GIL): 7.9 against 13.6 ms
+      for a sorted topk on 2 Intel cores (avx512_bf16, fp32), but 14-18 against 7.5-8.2 ms for topk on 2 AMD EPYC
+      cores (avx512_bf16; bf16 logits, fp32 log-probs): there the Python threads share the two cores with torch's,
+      still spinning after log_softmax, and the select alone ran 8.8 against topk's 4-6 ms.
+    The mask is paid on every ULD step with the filter on, whichever assistant head runs.
     """
-    numpy_fits = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64)
-    if not numpy_fits or values.dim() != 2 or values.shape[0] == 0:
-        top = torch.topk(values, k, dim=-1).values
-        return top[..., -1:], top[..., :1]
+    numpy_fits = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and values.dim() == 2
+    if not numpy_fits or values.shape[0] == 0:
+        return _kth_by_topk(values, k)
+    clock = None
+    if path is None:
+        clock = _SELECT_CLOCKS.setdefault((values.shape[0].bit_length(), values.shape[1], k), PathClock())
+        path = clock.next_path()
+    started = time.perf_counter()
+    kth, best = _kth_by_numpy(values, k) if path == 1 else _kth_by_topk(values, k)
+    if clock is not None:
+        clock.record(path, time.perf_counter() - started)
+    return kth, best
+
+
+def _kth_by_topk(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    top = torch.topk(values, k, dim=-1, sorted=False).values  # the k best per row, unordered
+    return top.amin(dim=-1, keepdim=True), top.amax(dim=-1, keepdim=True)
+
+
+def _kth_by_numpy(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows, vocab = values.shape
     array = values.contiguous().numpy()
     kth, best = torch.empty(rows, 1, dtype=values.dtype), torch.empty(rows, 1, dtype=values.dtype)

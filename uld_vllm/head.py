@@ -22,7 +22,7 @@ GEMM). A fixed union bound right on one of these machines is wrong on another (V
 where a V/2 bound ran 0.96x dense in scoring; on the Intel one the union still wins at 0.44 V).
 
 So on CPU the rule is timed: compute_logits is synchronous there, so each call's wall time is known, and per call
-size (rows rounded down to a power of 2: decode steps of a batch, prompt chunks of a size) `PathClock` times both
+size (rows rounded down to a power of 2: decode steps of a batch, prompt chunks of a size) a `PathClock` times both
 paths and takes the faster, re-timing the other now and then. The union bound (V/2) then only spares the union head
 calls it cannot win. On a GPU timing a call would synchronise the device, so the rule there is untimed: `min_rows`
 from the roofline (H100, bf16: the head stays weight-bound to a few hundred rows; not measured here) and a V/4 bound
@@ -38,10 +38,12 @@ gives the dense path's output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from uld_vllm.timed_choice import PathClock
 
 
 @dataclass(frozen=True)
@@ -76,38 +78,6 @@ class SparseRule:
 # (timing a CUDA call would synchronise the device).
 DEFAULT_RULES = {"cpu": SparseRule(min_rows=8, max_union_fraction=0.5, timed=True), "cuda": SparseRule(256, 0.25)}
 UNION_BLOCK = 256  # the union head's GEMM width is a multiple of this (see union_logits)
-RETRY_EVERY = 32  # a timed choice re-times the slower path once in this many calls of a size, to follow drift
-
-
-@dataclass
-class PathClock:
-    """Measured compute_logits times of the two paths for calls of one size (rows rounded down to a power of 2).
-
-    Each path runs twice before any choice (the first call of a path is a warm-up and is not kept: new GEMM sizes,
-    allocations); then the faster path by exponential moving average runs, and every RETRY_EVERY-th call the other,
-    so a change (other batch, other unions) is noticed. At most 1 call in RETRY_EVERY takes the slower path."""
-
-    seconds: list[float | None] = field(default_factory=lambda: [None, None])  # [stacked, union]
-    runs: list[int] = field(default_factory=lambda: [0, 0])
-    calls: int = 0
-
-    def union_next(self) -> bool:
-        self.calls += 1
-        if self.runs[1] < 2:
-            return True
-        if self.runs[0] < 2:
-            return False
-        stacked, union = self.seconds
-        faster_is_union = union <= stacked
-        return faster_is_union != (self.calls % RETRY_EVERY == 0)
-
-    def record(self, union: bool, seconds: float) -> None:
-        path = int(union)
-        self.runs[path] += 1
-        if self.runs[path] == 1:  # the warm-up
-            return
-        kept = self.seconds[path]
-        self.seconds[path] = seconds if kept is None else 0.7 * kept + 0.3 * seconds
 
 
 @dataclass
@@ -153,13 +123,13 @@ class AssistantHead:
         if not self.looks_at(rows):
             return False
         if self.rule.timed:
-            return self._clock(rows).union_next()
+            return self._clock(rows).next_path() == 1  # path 1: the union head, 0: the stacked head
         return self.last_union_fraction <= self.rule.max_union_fraction
 
     def timed(self, rows: int, union: bool, seconds: float) -> None:
         """A looked-at call's time, by the path it planned (a union that fell back counts as the union's cost)."""
         if self.rule.timed and self.looks_at(rows):
-            self._clock(rows).record(union, seconds)
+            self._clock(rows).record(int(union), seconds)
 
     def report(self) -> dict:
         """The stats, and per call size the timed rule's clocks: ms per compute_logits call of each path (what the
