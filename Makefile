@@ -29,8 +29,8 @@ quality: setup
 	$(PY) bench/quality.py
 
 # ULD (shared weights, filter 0 and 0.01, sparse vs dense head, merged fallback) vs plain vLLM vs the HF reference,
-# decode and scoring, with the limits of the work done (2 cores: about 20 minutes with AVX-512 in bf16, 95 with AVX2
-# in fp32; --resume reuses the phases a killed run finished): bench/results/.
+# decode and scoring, with the limits of the work done (2 cores: 40 minutes to 1.5 hours, by CPU and dtype; --resume
+# reuses the phases a killed run finished): bench/results/ (README.md there: every run and what it showed).
 bench: setup
 	$(PY) bench/throughput.py
 

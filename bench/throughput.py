@@ -39,6 +39,7 @@ import resource
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -513,13 +514,30 @@ def reference_worker(spec: dict, requests, texts) -> dict:
 
 
 def measure(worker: str, spec: dict, cache: Path | None = None) -> dict:
-    """Run one worker in a fresh process (vLLM's compile cache under `cache`); its JSON result is stdout's last line."""
+    """Run one worker in a fresh process (vLLM's compile cache under `cache`); its JSON result is stdout's last line.
+    The long phases' stderr (their progress bars; vLLM is quiet there) is relayed as it comes: the engines' phase runs
+    for half an hour. An engine start's is kept back (its progress is the caller's bar) and shown if it fails."""
     command = [sys.executable, __file__, "--worker", worker, "--spec", json.dumps(spec)]
     env = os.environ | ({"VLLM_CACHE_ROOT": str(cache)} if cache else {})
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{worker} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process:
+        tail = bytearray()  # the last 4000 bytes, for the error message
+
+        def relay() -> None:
+            for chunk in iter(lambda: process.stderr.read1(4096), b""):
+                if not worker.startswith("start:"):
+                    sys.stderr.buffer.write(chunk)
+                    sys.stderr.flush()
+                tail.extend(chunk)
+                del tail[:-4000]
+
+        relaying = threading.Thread(target=relay, daemon=True)
+        relaying.start()
+        stdout = process.stdout.read().decode()
+        process.wait()
+        relaying.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"{worker} failed:\n{tail.decode(errors='replace')}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 class Phases:
