@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from uld_vllm.timed_choice import PathClock
+from uld_vllm.timed_choice import PathClock, size_class
 
 Mode = Literal["generate", "score"]
 
@@ -37,7 +37,7 @@ def relative_top_mask(target_logits: torch.Tensor, filter: float) -> torch.Tenso
 
 
 _SELECT_THREADS: dict[int, ThreadPoolExecutor] = {}  # by thread count: made once, reused every step
-_SELECT_CLOCKS: dict[tuple[int, int, int], PathClock] = {}  # by (rows rounded down to a power of 2, V, k)
+_SELECT_CLOCKS: dict[tuple[int, int, int], PathClock] = {}  # by (size_class of the rows, V, k)
 
 
 def kth_largest_and_max(values: torch.Tensor, k: int, path: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ def kth_largest_and_max(values: torch.Tensor, k: int, path: int | None = None) -
         return _kth_by_topk(values, k)
     clock = None
     if path is None:
-        clock = _SELECT_CLOCKS.setdefault((values.shape[0].bit_length(), values.shape[1], k), PathClock())
+        clock = _SELECT_CLOCKS.setdefault((size_class(values.shape[0]), values.shape[1], k), PathClock())
         path = clock.next_path()
     started = time.perf_counter()
     kth, best = _kth_by_numpy(values, k) if path == 1 else _kth_by_topk(values, k)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from uld_vllm.timed_choice import PathClock
+from uld_vllm.timed_choice import PathClock, size_class
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class AssistantHead:
         self.rule = rule
         self.stats = HeadStats()
         self.last_union_fraction = 0.0  # of the last call the rule looked at: the untimed rule's prediction
-        self.clocks: dict[int, PathClock] = {}  # timed rule: by call size
+        self.clocks: dict[int, PathClock] = {}  # timed rule: by size_class of the rows
         self._rows = torch.empty(0)  # gathered head rows, kept between calls (CPU allocations page-fault each time)
 
     def looks_at(self, rows: int) -> bool:
@@ -145,7 +145,7 @@ class AssistantHead:
         return self.stats.as_dict() | {"logits_ms_by_rows": clocks}
 
     def _clock(self, rows: int) -> PathClock:
-        return self.clocks.setdefault(rows.bit_length(), PathClock())
+        return self.clocks.setdefault(size_class(rows), PathClock())
 
     def observe(self, keep: torch.Tensor) -> torch.Tensor | None:
         """Record a call's keep set (N, V); returns its union's token ids, or None for fewer than min_rows rows (the

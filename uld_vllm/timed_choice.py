@@ -1,10 +1,11 @@
 """A choice between two interchangeable ways of computing the same thing, by their measured times on this machine.
 
 Why measured and not fixed: on the CPUs this project runs on, the faster of two exact methods flips between machines
-(the assistant's union head against the stacked dense one; numpy's introselect against torch.topk for the filter's
-threshold: each 2x faster than the other on one machine and 2x slower on another), and no rule from the shapes alone
-held on all of them. On CPU a call's wall time is its cost (the ops are synchronous), so the caller times each call
-and records it here; on a GPU timing would synchronise the device, so callers there decide without a clock.
+(the assistant's union head against the stacked dense one: 1.1x faster on one machine, 1.5x slower on another at 8-15
+rows; numpy's introselect against torch.topk for the filter's threshold: 1.7x faster on one, 2x slower on another),
+and no rule from the shapes alone held on all of them. On CPU a call's wall time is its cost (the ops are
+synchronous), so the caller times each call and records it here; on a GPU timing would synchronise the device, so
+callers there decide without a clock.
 """
 
 from __future__ import annotations
@@ -12,6 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 RETRY_EVERY = 32  # a timed choice re-times the slower path once in this many calls of a size, to follow drift
+
+
+def size_class(rows: int) -> int:
+    """The call size a clock is kept for: rows rounded down to a power of 2, as its bit length (rows 2^(c-1) to
+    2^c - 1): decode steps of one batch share a clock, while their rows shrink as requests finish."""
+    return rows.bit_length()
 
 
 @dataclass
