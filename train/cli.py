@@ -12,10 +12,14 @@ from uld_train.methods import METHODS
 from uld_vllm.errors import UldError
 
 EPILOG = """examples:
+  uld-train --target DIR --forget tofu:forget05 --retain tofu:retain95 --output bundle
   uld-train --target llama --forget forget10.json --retain retain90.json --output uld-bundle
   uld-train --method npo_gd --target llama --forget forget10.json --retain retain90.json --output npo-model
 Data: parquet or JSON lines with question/answer columns; paraphrased_question, paraphrased_answer and
-perturbed_answer columns, when present, augment the data (see uld_train.data)."""
+perturbed_answer columns, when present, augment the data (see uld_train.data). tofu:NAME is TOFU's own file NAME,
+shipped with uld: full, forget01|05|10, retain99|95|90, forget01|05|10_perturbed, retain_perturbed,
+real_authors_perturbed, world_facts_perturbed (see uld_vllm.tofu); forgetNN_perturbed asks forgetNN's questions
+and adds TOFU's paraphrases, which augment the forget set."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,8 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target", required=True, type=Path, help="target HF checkpoint directory (safetensors + tokenizer)"
     )
-    p.add_argument("--forget", required=True, type=Path, help="forget set (.parquet, .json or .jsonl)")
-    p.add_argument("--retain", type=Path, default=None, help="retain set, same format (needed by all but ga and npo)")
+    p.add_argument("--forget", required=True, type=Path, help="forget set (.parquet, .json, .jsonl or tofu:NAME)")
+    p.add_argument("--retain", type=Path, default=None, help="retain set, same formats (needed by all but ga and npo)")
     p.add_argument("--output", required=True, type=Path, help="bundle (uld) or HF checkpoint (baselines) to write")
     p.add_argument("--method", choices=list(METHODS), default="uld", help="objective (default: uld)")
     p.add_argument("--layers", type=int, default=None, help="uld: assistant depth K (default: max(1, depth // 4))")
@@ -61,7 +65,13 @@ def parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=list(DTYPES),
         default="float32",
-        help="weights' dtype (default float32; CUDA adds bf16 autocast)",
+        help="weights' dtype (default float32)",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="forward's compute dtype (default: bfloat16 on CUDA, float32 on CPU; bfloat16 pays on CPUs with avx512_bf16)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps before cosine decay (default 0)")

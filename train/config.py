@@ -21,9 +21,9 @@ class TrainConfig:
     """Everything that decides a run's result; a checkpoint stores it and `--resume` refuses a different one."""
 
     target: Path  # HF checkpoint (safetensors + tokenizer) holding the knowledge to unlearn
-    forget: Path  # forget set D_f: parquet or JSON lines with question/answer columns (TOFU format)
+    forget: Path  # forget set D_f: parquet or JSON lines with question/answer columns (TOFU format), or tofu:NAME
     output: Path  # method uld: ULD bundle directory; baselines: HF checkpoint directory (replaced if it exists)
-    retain: Path | None = None  # retain set D_r, same format; every method but ga and npo needs one
+    retain: Path | None = None  # retain set D_r, same formats; every method but ga and npo needs one
     method: str = "uld"  # key of uld_train.methods.METHODS
     layers: int | None = None  # uld: assistant depth K; None = max(1, depth // 4) (reference: 8 of Llama-2-7B's 32)
     lora_r: int = 16  # LoRA rank (ULD reference config)
@@ -39,7 +39,10 @@ class TrainConfig:
     grad_accum: int = 2  # micro-batches per optimizer step (reference: 2)
     max_length: int = 512  # tokens per example (question + answer); longer answers are cut at the end
     seed: int = 0  # seeds LoRA init, dropout and the data order: same seed, same weights
-    dtype: str = "float32"  # weights' dtype (key of DTYPES); on CUDA the forward also runs under bf16 autocast
+    dtype: str = "float32"  # weights' dtype (key of DTYPES)
+    autocast: str | None = (
+        None  # forward's compute dtype: None = bfloat16 on CUDA, none on CPU; "bfloat16" or "float32"
+    )
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda" or "cuda:N"
     warmup_steps: int = 0  # optimizer steps of linear warmup before the cosine decay to 0
     grad_clip: float = 1.0  # max global gradient norm (0 disables clipping)

@@ -1,6 +1,7 @@
 """Forget / retain data: TOFU-style question-answer files to padded token batches with question tokens unlabelled.
 
-Files are parquet (.parquet) or JSON lines (.json / .jsonl, TOFU's format) with `question` and `answer` columns.
+Files are parquet (.parquet) or JSON lines (.json / .jsonl, TOFU's format) with `question` and `answer` columns;
+`tofu:NAME` reads TOFU's own file NAME, shipped with uld (uld_vllm.tofu: e.g. tofu:forget05, tofu:retain95).
 Optional columns, used when `augment` is on (ULD_REFERENCE.md section 2: the reference expands each forget QA with
 paraphrases and uses perturbed answers as extra retain-side text):
     paraphrased_question  -> extra pair (paraphrased question, answer)

@@ -35,6 +35,7 @@ from uld_train.models import (
 )
 from uld_vllm.assistant import AssistantError, check_depth
 from uld_vllm.bundle import BundleError, build_bundle, check_weight_filter
+from uld_vllm.tofu import is_tofu_spec
 
 LOG_NAME = "train_log.jsonl"
 CONFIG_NAME = "train_config.json"
@@ -70,6 +71,8 @@ def check_config(config: TrainConfig) -> Method:
         raise TrainError(f"--lr must be > 0, got {config.lr}")
     if not 0.0 <= config.lora_dropout < 1.0:
         raise TrainError(f"--lora-dropout must be in [0, 1), got {config.lora_dropout}")
+    if config.autocast not in (None, "float32", "bfloat16"):
+        raise TrainError(f"--autocast must be float32 or bfloat16, got {config.autocast!r}")
     if config.dtype not in DTYPES:
         raise TrainError(f"unknown --dtype {config.dtype!r} (choose from {', '.join(DTYPES)})")
     try:
@@ -109,8 +112,12 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
 
 
 def config_record(config: TrainConfig) -> dict:
-    """JSON-ready config with absolute paths, so a resume from another working directory still compares equal."""
-    return {k: str(Path(v).resolve()) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    """JSON-ready config with absolute paths, so a resume from another working directory still compares equal
+    (a tofu: spec stays as written: it names the same rows from anywhere)."""
+    return {
+        k: (str(v) if is_tofu_spec(v) else str(v.resolve())) if isinstance(v, Path) else v
+        for k, v in asdict(config).items()
+    }
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -190,7 +197,8 @@ def train(config: TrainConfig) -> TrainResult:
     )
 
     # ---- the loop: one iteration = one optimizer step over grad_accum micro-batches
-    use_bf16 = device.type == "cuda"  # autocast only on CUDA: bf16 matmuls are slow on CPUs without AVX-512
+    # By default autocast only on CUDA: bf16 matmuls are emulated (6x slower) on CPUs without avx512_bf16 or AMX.
+    use_bf16 = config.autocast == "bfloat16" or (config.autocast is None and device.type == "cuda")
     bar = tqdm(total=len(plan), initial=start, desc=f"uld-train {config.method}", disable=not config.progress)
     began = time.perf_counter()
     record: dict[str, float] = {}

@@ -86,6 +86,35 @@ def preflight(bundle: str | Path, weight: float | None = None, filter: float | N
     return bundle
 
 
+def is_bundle(model: str | Path) -> bool:
+    """A ULD bundle's config names the ULD architecture; anything else is served as a plain HF checkpoint."""
+    import json
+
+    from uld_vllm.bundle import ARCHITECTURE
+
+    if not Path(model).is_dir():
+        raise BundleError(f"model not found: {model} (expected a ULD bundle or an HF checkpoint directory)")
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        raise BundleError(f"model not found: {model} has no config.json (expected a ULD bundle or an HF checkpoint)")
+    try:
+        return ARCHITECTURE in json.loads(config.read_text()).get("architectures", [])
+    except json.JSONDecodeError:
+        raise BundleError(f"model {model}: config.json is not valid JSON") from None
+
+
+def check_model(model: str | Path, weight: float | None = None, filter: float | None = None) -> dict[str, Any]:
+    """preflight for a bundle; for a plain HF checkpoint (the target alone, a baseline, a retain model) its config,
+    refusing ULD overrides it has nothing to apply to. Returns the model's config."""
+    import json
+
+    if is_bundle(model):
+        return preflight(model, weight, filter).config
+    if weight is not None or filter is not None:
+        raise BundleError(f"--weight/--filter apply to ULD bundles; {model} is a plain HF checkpoint")
+    return json.loads((Path(model) / "config.json").read_text())
+
+
 def make_llm(
     bundle: str | Path,
     weight: float | None = None,
@@ -93,11 +122,18 @@ def make_llm(
     check: bool = True,
     **llm_kwargs: Any,
 ):
-    """A `vllm.LLM` serving ULD from `bundle`, with weight/filter overrides passed as hf_overrides.
+    """A `vllm.LLM` serving ULD from `bundle`, with weight/filter overrides passed as hf_overrides; plain vLLM when
+    `bundle` is a plain HF checkpoint.
 
-    check=False skips `preflight` for callers that already ran it (uld-batch checks once, before any replica starts).
+    check=False skips the checks for callers that already ran them (uld-batch checks once, before any replica starts).
     """
     from vllm import LLM
+
+    if not is_bundle(bundle):
+        if check:
+            check_model(bundle, weight, filter)
+        with engine_errors_as_one_line():
+            return LLM(model=str(bundle), **(default_llm_kwargs() | llm_kwargs))
 
     if int(llm_kwargs.get("pipeline_parallel_size", 1)) > 1:
         # ULDForCausalLM concatenates both streams' final hidden states, which intermediate pipeline ranks never hold.

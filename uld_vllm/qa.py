@@ -16,8 +16,17 @@ class DataError(UldError):
     """A data file is missing, unreadable or malformed; the message names the file and the row."""
 
 
-def read_rows(path: Path, what: str) -> list[dict]:
-    """Rows of a parquet or JSON-lines file as dicts."""
+def read_rows(path: str | Path, what: str) -> list[dict]:
+    """Rows of a parquet or JSON-lines file as dicts; `tofu:NAME` gives TOFU's own file NAME (uld_vllm.tofu), so
+    every reader of QA files (training, evaluation) accepts TOFU's names through this one function."""
+    from uld_vllm import tofu  # here, not at the top: tofu reads its shipped files through this function
+
+    if tofu.is_tofu_spec(path):
+        try:
+            return tofu.rows(tofu.spec_name(path))
+        except DataError as e:
+            raise DataError(f"{what}: {e}") from None
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
     if path.suffix == ".parquet":

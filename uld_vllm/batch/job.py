@@ -54,9 +54,9 @@ def load_tokenizer(bundle: Path):
 def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     """Python API mirroring the CLI: run(input=..., output=..., model=..., ...) or run(BatchConfig(...)).
 
-    Every check that can fail runs before an engine starts: options, output, bundle (preflight), context, input.
+    Every check that can fail runs before an engine starts: options, output, model (check_model), context, input.
     """
-    from uld_vllm.engine import preflight, resolve_dtype
+    from uld_vllm.engine import check_model, resolve_dtype
 
     config = config or BatchConfig(**options)
     started = time.monotonic()
@@ -65,7 +65,7 @@ def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     check_options(config)
     bundle = Path(config.model) if config.model else default_bundle()
     config = replace(config, dtype=resolve_dtype(config.dtype))  # the resume record holds the dtype that runs
-    model_config = preflight(bundle, config.weight, config.filter).config
+    model_config = check_model(bundle, config.weight, config.filter)
     config = replace(config, max_model_len=context_length(model_config, config))
     files = resolve_inputs(config.input)
     work = WorkDir(output, config.job(files))

@@ -3,7 +3,8 @@
 DIR/forget.jsonl, retain.jsonl, real_authors.jsonl, world_facts.jsonl hold one object a line with TOFU's fields:
 question, answer, paraphrased_answer (forget and retain; the utility sets score the answer itself, as TOFU's logs
 do), perturbed_answer (a list of wrong answers, the same count on every row of a file). The same files feed
-uld-train.
+uld-train. Instead of a directory, `tofu:forget01|forget05|forget10` takes the four splits from TOFU's own files
+(uld_vllm.tofu.eval_rows); both go through the same checks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from uld_vllm import tofu
 from uld_vllm.eval.metrics import EvalError
 from uld_vllm.qa import read_rows
 
@@ -43,14 +45,13 @@ def _text(row: dict, field: str, where: str) -> str:
     return value
 
 
-def read_split(directory: Path, split: str) -> list[EvalExample]:
-    path = Path(directory) / SPLIT_FILES[split]
-    rows = read_rows(path, f"{split} split")
+def read_split(rows: list[dict], split: str, source: str) -> list[EvalExample]:
+    """One split's rows as examples; source names the rows in messages (a file path, or a tofu: spec and split)."""
     if not rows:
-        raise EvalError(f"{split} split {path} has no rows")
+        raise EvalError(f"{split} split {source} has no rows")
     examples = []
     for number, row in enumerate(rows):
-        where = f"{path.name} row {number}"
+        where = f"{source} row {number}"
         question, answer = _text(row, "question", where), _text(row, "answer", where)
         paraphrased = _text(row, "paraphrased_answer", where) if split in NEEDS_PARAPHRASE else answer
         wrong = row.get("perturbed_answer")
@@ -60,15 +61,28 @@ def read_split(directory: Path, split: str) -> list[EvalExample]:
         examples.append(EvalExample(question, answer, paraphrased, perturbed))
     counts = {len(e.perturbed_answers) for e in examples}
     if len(counts) > 1:
-        raise EvalError(
-            f"{path.name}: rows have different numbers of perturbed answers {sorted(counts)}; TOFU needs one"
-        )
+        raise EvalError(f"{source}: rows have different numbers of perturbed answers {sorted(counts)}; TOFU needs one")
     return examples
 
 
-def read_eval_data(directory: str | Path) -> dict[str, list[EvalExample]]:
-    """All four splits of one evaluation directory, in SPLIT_FILES order."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise EvalError(f"data directory not found: {directory}")
-    return {split: read_split(directory, split) for split in SPLIT_FILES}
+def read_eval_data(data: str | Path, splits: tuple[str, ...] = tuple(SPLIT_FILES)) -> dict[str, list[EvalExample]]:
+    """The splits asked for (all four by default), in SPLIT_FILES order, of an evaluation directory or of a
+    `tofu:forgetNN` spec."""
+    unknown = sorted(set(splits) - SPLIT_FILES.keys())
+    if unknown or not splits:
+        raise EvalError(
+            f"unknown split(s) {', '.join(unknown) or '(none given)'} (choose from {', '.join(SPLIT_FILES)})"
+        )
+    splits = tuple(split for split in SPLIT_FILES if split in splits)
+    if tofu.is_tofu_spec(data):
+        split_rows = tofu.eval_rows(tofu.spec_name(data))
+        sources = {split: f"{data} {split}" for split in SPLIT_FILES}
+    else:
+        directory = Path(data)
+        if not directory.is_dir():
+            specs = ", ".join(tofu.SPEC_PREFIX + name for name in tofu.FORGET_SPLITS)
+            raise EvalError(f"data directory not found: {directory} (or use one of TOFU's own: {specs})")
+        paths = {split: directory / SPLIT_FILES[split] for split in splits}
+        split_rows = {split: read_rows(path, f"{split} split") for split, path in paths.items()}
+        sources = {split: str(path) for split, path in paths.items()}
+    return {split: read_split(split_rows[split], split, sources[split]) for split in splits}

@@ -232,6 +232,17 @@ def _truth_ratio_score(split_log: dict[str, dict[Any, Any]], split: str) -> floa
     return float(np.mean(np.maximum(0, 1 - 1 / tr)))
 
 
+def forget_split_summary(logs: EvalLogs) -> dict[str, float]:
+    """TOFU's forget-split columns of one model (ROUGE, Prob., Truth Ratio) from its forget log alone."""
+    split_log = logs[FORGET_LOG]
+    _check_split(split_log, FORGET_LOG, "logs")
+    return {
+        "ROUGE Forget": float(np.mean(_values(split_log, "rougeL_recall"))),
+        "Prob. Forget": _prob(split_log, FORGET_LOG),
+        "Truth Ratio Forget": _truth_ratio_score(split_log, FORGET_LOG),
+    }
+
+
 def _model_utility(logs: EvalLogs) -> dict[str, float]:
     """TOFU's `get_model_utility`: ROUGE, Prob. and Truth Ratio per split, and their harmonic mean off the forget split."""
     result: dict[str, float] = {}
@@ -244,8 +255,13 @@ def _model_utility(logs: EvalLogs) -> dict[str, float]:
     return result
 
 
-def _forget_quality(logs: EvalLogs, retain_logs: EvalLogs) -> dict[str, float]:
-    """TOFU's `get_forget_quality`: KS test between the two models' forget-split tr; its p-value is Forget Quality."""
+def forget_quality(logs: EvalLogs, retain_logs: EvalLogs) -> dict[str, float]:
+    """TOFU's `get_forget_quality`: KS test between the two models' forget-split tr; its p-value is Forget Quality.
+    Only the forget split's logs are read (a run of `--splits forget` suffices)."""
+    for source, split_logs in (("logs", logs), ("retain logs", retain_logs)):
+        if not isinstance(split_logs, dict) or FORGET_LOG not in split_logs:
+            raise EvalError(f"{source}: missing split {FORGET_LOG}")
+        _check_split(split_logs[FORGET_LOG], FORGET_LOG, source)
     _check_same_forget_set(logs, retain_logs)
     test = ks_2samp(_truth_ratio(logs[FORGET_LOG]), _truth_ratio(retain_logs[FORGET_LOG]))
     pvalue = float(test.pvalue)
@@ -264,7 +280,7 @@ def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
     result = _model_utility(logs)
     if retain_logs is not None:
         _check_logs(retain_logs, "retain logs")
-        result.update(_forget_quality(logs, retain_logs))
+        result.update(forget_quality(logs, retain_logs))
     result["model_utility"] = result["Model Utility"]
     result["rouge_retain"] = result["ROUGE Retain"]
     result["rouge_forget"] = result["ROUGE Forget"]

@@ -40,12 +40,13 @@ class EvalSettings:
     """What `uld-eval run` evaluates and how; everything that changes a number is here."""
 
     model: str  # ULD bundle or plain HF checkpoint directory
-    data: str  # directory with forget.jsonl, retain.jsonl, real_authors.jsonl, world_facts.jsonl
+    data: str  # directory with forget/retain/real_authors/world_facts.jsonl, or tofu:forget01|forget05|forget10
     output: str | None = None  # directory for the four TOFU eval logs (None: return them only)
     backend: Backend_ = "vllm"
     dtype: str | None = None  # None: uld_vllm.engine.default_dtype() ($ULD_DTYPE, else by CPU flags)
     weight: float | None = None  # ULD overrides (bundles only)
     filter: float | None = None
+    splits: tuple[str, ...] = tuple(SPLIT_FILES)  # which of the four splits to evaluate (Model Utility needs all)
     max_new_tokens: int = 64  # greedy generation length for ROUGE (stops at EOS)
     reference_batch_size: int = 32  # sequences per forward pass of the HF reference
     engine_args: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM arguments
@@ -94,36 +95,17 @@ class Backend(Protocol):
 # ------------------------------------------------------------------------------------------------------ backends
 
 
-def is_bundle(model: str | Path) -> bool:
-    """A ULD bundle's config names the ULD architecture; anything else is served as a plain HF checkpoint."""
-    from uld_vllm.bundle import ARCHITECTURE
-
-    config = Path(model) / "config.json"
-    if not config.is_file():
-        raise EvalError(f"model not found: {model} has no config.json (expected a ULD bundle or an HF checkpoint)")
-    try:
-        return ARCHITECTURE in json.loads(config.read_text()).get("architectures", [])
-    except json.JSONDecodeError:
-        raise EvalError(f"model {model}: config.json is not valid JSON") from None
-
-
 class VllmBackend:
     """ULD engine for a bundle, plain vLLM for an HF checkpoint."""
 
     def __init__(self, settings: EvalSettings, max_model_len: int, engine_args: dict[str, Any]) -> None:
-        from vllm import LLM
-
-        from uld_vllm.engine import default_llm_kwargs, engine_errors_as_one_line, make_llm
+        from uld_vllm.engine import default_llm_kwargs, make_llm
 
         kwargs = default_llm_kwargs() | {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0}
         kwargs |= {"dtype": settings.dtype} if settings.dtype else {}
         kwargs |= engine_args
-        if is_bundle(settings.model):
-            # evaluate() ran preflight already (and a Ray replica's driver did).
-            self.llm = make_llm(settings.model, settings.weight, settings.filter, check=False, **kwargs)
-        else:
-            with engine_errors_as_one_line():
-                self.llm = LLM(model=settings.model, **kwargs)
+        # evaluate() ran the checks already (and a Ray replica's driver did).
+        self.llm = make_llm(settings.model, settings.weight, settings.filter, check=False, **kwargs)
         self.progress = settings.progress
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -159,7 +141,7 @@ class ReferenceBackend:
     def __init__(self, settings: EvalSettings, eos_token_id: int | None) -> None:
         import torch
 
-        from uld_vllm.engine import resolve_dtype
+        from uld_vllm.engine import is_bundle, resolve_dtype
         from uld_vllm.reference import ReferenceDecoder
 
         dtype = resolve_dtype(settings.dtype)
@@ -234,10 +216,6 @@ def needed_context(encoded: dict[str, list[EncodedExample]], max_new_tokens: int
     return longest
 
 
-def model_config(model: str | Path) -> dict[str, Any]:
-    return json.loads((Path(model) / "config.json").read_text())
-
-
 def evaluate_examples(
     backend: Backend,
     tokenizer,
@@ -301,23 +279,20 @@ def evaluate(settings: EvalSettings) -> EvalResult:
         raise EvalError("--max-new-tokens, --num-replicas and --reference-batch-size must be >= 1")
     if settings.ray and settings.backend != "vllm":
         raise EvalError("--ray runs vLLM engine replicas; the reference backend runs in one process")
-    bundle = is_bundle(settings.model)
-    if not bundle and (settings.weight is not None or settings.filter is not None):
-        raise EvalError(f"--weight/--filter apply to ULD bundles; {settings.model} is a plain HF checkpoint")
-    if bundle:
-        from uld_vllm.engine import preflight
+    from uld_vllm.engine import check_model
+
+    config = check_model(settings.model, settings.weight, settings.filter)
+    if "uld" in config:
         from uld_vllm.plugin import install_scoring_hooks, scoring_hooks_installed
 
-        preflight(settings.model, settings.weight, settings.filter)
         install_scoring_hooks()  # idempotent; vLLM installs it too, but only once an engine starts
         if settings.backend == "vllm" and not scoring_hooks_installed():
             raise EvalError(
                 "this vLLM's prompt-logprob entry point could not be hooked (see the uld warning above): a ULD engine "
                 "would score in generation mode; use the vLLM version uld pins or --backend reference"
             )
-    examples = read_eval_data(settings.data)
+    examples = read_eval_data(settings.data, settings.splits)
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
-    config = model_config(settings.model)
     encoded = {split: encode_examples(tokenizer, split, rows, config["vocab_size"]) for split, rows in examples.items()}
     needed = needed_context(encoded, settings.max_new_tokens)
     context = config.get("max_position_embeddings")
