@@ -158,3 +158,10 @@ def test_uld_eval_cli_takes_specs(capsys, tmp_path):
     message = refusal(capsys, eval_cli.main, "run", "--model", model, "--data", tmp_path / "nodir", "--output", out)
     assert "data directory not found" in message and "tofu:forget05" in message
     assert not out.exists()
+
+
+def test_training_caches_key_a_tofu_spec_by_its_rows():
+    from uld_train.pretrain import file_hash
+
+    assert file_hash("tofu:forget01") == file_hash("tofu:forget01")
+    assert len({file_hash("tofu:forget01"), file_hash("tofu:forget05"), file_hash("tofu:retain90")}) == 3

@@ -33,6 +33,8 @@ from uld_train.loop import warmup_cosine
 from uld_train.losses import answer_nll
 from uld_train.models import load_tokenizer, logits
 from uld_vllm.errors import UldError
+from uld_vllm.qa import read_rows
+from uld_vllm.tofu import is_tofu_spec
 
 MARKER = "pretrain.json"
 
@@ -78,9 +80,13 @@ def check_recipe(config: PretrainConfig) -> None:
 
 
 def file_hash(*paths: Path) -> str:
-    """sha256 over files (a directory: its files, sorted), names included: the cache key of data and tokenizer."""
+    """sha256 over files (a directory: its files, sorted), names included, or a tofu: spec's rows: the cache key of
+    data and tokenizer."""
     digest = hashlib.sha256()
     for path in paths:
+        if is_tofu_spec(path):  # not a file: its rows are the data
+            digest.update(str(path).encode() + b"\0" + json.dumps(read_rows(path, "data")).encode())
+            continue
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file():
                 digest.update(file.name.encode() + b"\0" + file.read_bytes())
