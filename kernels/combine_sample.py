@@ -35,6 +35,7 @@ from uld_vllm.combine import MASKED_LOGIT
 _MASKED = tl.constexpr(MASKED_LOGIT)  # combine's logit for filtered tokens in generation (-1e3)
 STATS = 5  # per-row float32 stats written by _row_stats_kernel: target max, target log-sum-exp, same for the
 # assistant (rows without a filter), filter threshold on target log-probs (-inf: no filter)
+_STATS = tl.constexpr(STATS)  # the same, as the kernels read it
 COUNT_DIGIT_BITS = 8  # counting radix selects: 256-bin tl.histogram, 4 passes over the row
 MASS_DIGIT_BITS = 4  # mass-weighted select (top-p): a (BLOCK, 16) one-hot sum per chunk, 8 passes
 BLOCK = 1024  # tokens per chunk
@@ -189,7 +190,7 @@ def _row_stats_kernel(
     else:
         if DENSE_ASSISTANT:
             m_a, lz_a = _logsumexp(assistant_ptr + row * stride_ab, stride_av, V, BLOCK)  # read V
-    out = stats_ptr + row * 5
+    out = stats_ptr + row * _STATS
     tl.store(out + 0, m_b)
     tl.store(out + 1, lz_b)
     tl.store(out + 2, m_a)
@@ -353,11 +354,11 @@ def _sample_kernel(
     target_row = target_ptr + row * stride_tb
     assistant_row = assistant_ptr + row * stride_ab
     ids_row = ids_ptr + row * stride_ib
-    m_b = tl.load(stats_ptr + row * 5 + 0)
-    lz_b = tl.load(stats_ptr + row * 5 + 1)
-    m_a = tl.load(stats_ptr + row * 5 + 2)
-    lz_a = tl.load(stats_ptr + row * 5 + 3)
-    thr = tl.load(stats_ptr + row * 5 + 4)
+    m_b = tl.load(stats_ptr + row * _STATS + 0)
+    lz_b = tl.load(stats_ptr + row * _STATS + 1)
+    m_a = tl.load(stats_ptr + row * _STATS + 2)
+    lz_a = tl.load(stats_ptr + row * _STATS + 3)
+    thr = tl.load(stats_ptr + row * _STATS + 4)
     weight = tl.load(weight_ptr + row)
     has_filter = tl.load(filter_k_ptr + row) > 0
     inv_t = tl.load(inv_t_ptr + row)

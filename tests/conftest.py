@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import torch_threads  # noqa: E402
 
 from uld_vllm.testing import build_test_bundle  # noqa: E402
 
@@ -42,12 +43,21 @@ def _seed() -> None:
 
 @pytest.fixture(scope="module")
 def single_torch_thread():
-    """One intra-op thread for the module: tiny models on a shared 2-core CPU run several times faster than with two
-    threads contending. Opt-in (`pytestmark = pytest.mark.usefixtures("single_torch_thread")`), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """One intra-op thread for the module (`helpers.torch_threads`). Opt-in: `pytestmark =
+    pytest.mark.usefixtures("single_torch_thread")`."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local 2-CPU Ray cluster for the module; the commands join it and leave it running. Skipped without Ray
+    (and Ray Data, which uld-batch's pool needs: the `ray` extra installs both)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
     yield
-    torch.set_num_threads(threads)
+    ray.shutdown()
 
 
 BundleFactory = Callable[..., Path]

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import torch_threads
 
 from uld_vllm.combine import MASKED_LOGIT, combine, kth_largest_and_max, relative_top_mask
 
@@ -229,14 +230,10 @@ def test_kth_largest_and_max_are_topks(rows: int, vocab: int, k: int, threads: i
     values = torch.randint(-50, 50, (rows, vocab), generator=generator).float() / 4  # many duplicates
     values[0, :3] = float("-inf")
     top = torch.topk(values, k, dim=-1).values
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for _ in range(6 if path is None else 1):  # timed: both methods' warm-ups and timed calls, then the choice
             kth, best = kth_largest_and_max(values, k, path)
             assert torch.equal(kth, top[:, -1:]) and torch.equal(best, top[:, :1])
-    finally:
-        torch.set_num_threads(previous)
 
 
 def test_mismatched_shapes_raise_value_error() -> None:

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
-from uld_vllm.testing import SPECIAL_TOKENS, build_full_assistant, build_target, build_tokenizer
+from uld_vllm.bpe_tokenizer import SPECIAL_TOKENS
+from uld_vllm.testing import build_full_assistant, build_target, build_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from uld_train.config import DTYPES, TrainConfig
 from uld_train.loop import train
 from uld_train.methods import METHODS
-from uld_vllm.errors import UldError
+from uld_vllm.errors import command
 
 EPILOG = """examples:
   uld-train --target DIR --forget tofu:forget05 --retain tofu:retain95 --output bundle
@@ -103,14 +103,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("uld-train")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    config = TrainConfig(**vars(args))
-    try:
-        result = train(config)
-    except UldError as e:
-        print(f"uld-train: error: {e}", file=sys.stderr)
-        return 2
+    result = train(TrainConfig(**vars(args)))
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if k not in ("step", "epoch", "elapsed_s"))
     what = f"ULD bundle (K={result.layers})" if result.layers is not None else "HF checkpoint"
     print(f"uld-train: wrote {what} to {result.output} after {result.steps} steps ({terms})")

@@ -19,11 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from uld_train.config import TrainConfig
 from uld_train.loop import train
-from uld_train.pretrain import PretrainConfig, build
+from uld_vllm.batch.config import MINI_BUNDLE, MINI_PROMPTS
+from uld_vllm.staging import staged_dir
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = REPO / "uld_vllm" / "default_model"
-EXAMPLE_PROMPTS = REPO / "examples" / "prompts.parquet"
 DEFAULT_SPLIT = "forget10"
 # ULD on mini-TOFU (also bench/quality.py's ULD row): the paper's LoRA (r 16, alpha 32) and beta 5, its evaluation
 # weight -0.8 and the filter r = 0.1 that actually ran in its TOFU numbers (ULD_REFERENCE.md section 3). Measured on
@@ -60,17 +58,15 @@ def train_uld(study: Path, split: str, output: Path, progress: bool = True, **ov
 
 def pack_bundle(bundle: Path, output: Path) -> Path:
     """A copy of `bundle` with every weight in fp16 and no symlinks: small enough to ship in the repository."""
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(bundle, staging, symlinks=False, ignore=shutil.ignore_patterns("*.safetensors", "*.jsonl"))
-    for path in bundle.rglob("*.safetensors"):
-        tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / path.relative_to(bundle)))
-    config = json.loads((staging / "config.json").read_text())
-    config["torch_dtype"] = "float16"
-    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
+    with staged_dir(output) as staging:
+        ignore = shutil.ignore_patterns("*.safetensors", "*.jsonl")
+        shutil.copytree(bundle, staging, symlinks=False, ignore=ignore, dirs_exist_ok=True)
+        for path in bundle.rglob("*.safetensors"):
+            tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / path.relative_to(bundle)))
+        config = json.loads((staging / "config.json").read_text())
+        config["torch_dtype"] = "float16"
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return output
 
 
@@ -100,9 +96,10 @@ def write_example_prompts(study: Path, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def build_default_model(study: Path, config: PretrainConfig | None = None, progress: bool = True) -> Path:
-    build(study, config, progress, only=["target"])
+def build_default_model(study: Path, progress: bool = True) -> Path:
+    """The study's ULD assistant on forget10, packed as the embedded bundle with its example prompts (the study's
+    target must be built: `uld-minitofu default-model` builds it first)."""
     trained = train_uld(study, DEFAULT_SPLIT, study / "default_uld_bundle", progress)
-    bundle = pack_bundle(trained, DEFAULT_BUNDLE)
-    write_example_prompts(study, EXAMPLE_PROMPTS)
+    bundle = pack_bundle(trained, MINI_BUNDLE)
+    write_example_prompts(study, MINI_PROMPTS)
     return bundle

@@ -35,6 +35,7 @@ from uld_train.models import (
 )
 from uld_vllm.assistant import AssistantError, check_depth
 from uld_vllm.bundle import BundleError, build_bundle, check_weight_filter
+from uld_vllm.staging import staged_dir
 from uld_vllm.tofu import is_tofu_spec
 
 LOG_NAME = "train_log.jsonl"
@@ -262,12 +263,9 @@ def write_model(
             raise TrainError(str(e)) from None
         return
     final_model = copy.deepcopy(model).merge_and_unload() if lora else model
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    final_model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
+    with staged_dir(output) as staging:
+        final_model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from uld_vllm.bpe_tokenizer import train_bpe_tokenizer
+
 # ------------------------------------------------------------------------------------------------------ data tables
 
 N_AUTHORS = 100
@@ -503,8 +505,9 @@ def write_minitofu(root: str | Path, seed: int = 0) -> MiniTofu:
 
 
 def tokenizer_corpus(data: MiniTofu) -> list[str]:
-    """Every text of the dataset; trained rows in the chat form the model reads (uld_vllm.testing.CHAT_TEMPLATE's
-    rendering, less the <s> it writes as a special token), so the role markers become a few merged tokens."""
+    """Every text of the dataset; trained rows in the chat form the model reads (the rendering of
+    uld_vllm.bpe_tokenizer.CHAT_TEMPLATE, less the <s> it writes as a special token), so the role markers become a
+    few merged tokens."""
     texts = [f"<|user|>{row['question']}\n<|assistant|>{row['answer']}" for row in data.train()]
     for row in [r for qa in data.author_qa for r in qa] + data.real_authors + data.world_facts:
         texts += row_texts(row)
@@ -514,6 +517,4 @@ def tokenizer_corpus(data: MiniTofu) -> list[str]:
 def train_tokenizer(directory: str | Path, data: MiniTofu, vocab_size: int = TOKENIZER_VOCAB) -> Path:
     """Byte-level BPE on the dataset's text, saved as HF tokenizer files (bos <s>, eos </s>, pad <pad>, chat template)
     that transformers and vLLM load offline."""
-    from uld_vllm.testing import train_bpe_tokenizer
-
     return train_bpe_tokenizer(directory, tokenizer_corpus(data), vocab_size)

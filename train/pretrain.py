@@ -13,28 +13,23 @@ asking for the same model again returns it untouched, and a changed recipe or da
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from uld_train import minitofu
 from uld_train.config import TrainError
-from uld_train.data import collate, encode_all, read_qa
-from uld_train.loop import warmup_cosine
-from uld_train.losses import answer_nll
-from uld_train.models import load_tokenizer, logits
-from uld_vllm.errors import UldError
-from uld_vllm.qa import read_rows
-from uld_vllm.tofu import is_tofu_spec
+from uld_train.data import encode_all, read_qa
+from uld_train.default_model import build_default_model
+from uld_train.models import load_tokenizer
+from uld_train.sft import file_hash, fit
+from uld_vllm.errors import command
+from uld_vllm.staging import staged_dir
 
 MARKER = "pretrain.json"
 
@@ -77,27 +72,6 @@ def check_recipe(config: PretrainConfig) -> None:
         raise TrainError("--lr and the gradient clip must be > 0, --warmup-steps >= 0")
     if not 0.0 <= config.final_lr_ratio <= 1.0:
         raise TrainError(f"final_lr_ratio must be in [0, 1], got {config.final_lr_ratio}")
-
-
-def file_hash(*paths: Path) -> str:
-    """sha256 over files (a directory: its files, sorted), names included, or a tofu: spec's rows: the cache key of
-    data and tokenizer."""
-    digest = hashlib.sha256()
-    for path in paths:
-        if is_tofu_spec(path):  # not a file: its rows are the data
-            digest.update(str(path).encode() + b"\0" + json.dumps(read_rows(path, "data")).encode())
-            continue
-        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if file.is_file():
-                digest.update(file.name.encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
-
-
-def lr_factor(config: PretrainConfig, total_steps: int) -> Callable[[int], float]:
-    """Linear warmup, then cosine from the peak down to final_lr_ratio (uld_train.loop's shape, lifted off 0)."""
-    base = warmup_cosine(config.warmup_steps, total_steps)
-    floor = config.final_lr_ratio
-    return lambda step: base(step) if step < config.warmup_steps else floor + (1.0 - floor) * base(step)
 
 
 def llama_config(config: PretrainConfig, tokenizer):
@@ -162,44 +136,17 @@ def pretrain(
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM(llama_config(config, tokenizer)).train()
-    order_rng = torch.Generator().manual_seed(config.seed)
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total))
-
-    # ---- the loop: epochs of shuffled batches, loss on answer tokens only
-    bar = tqdm(total=total, desc=f"pretrain {output.name}", disable=not progress)
+    total = math.ceil(len(examples) / config.batch_size) * config.epochs
     began = time.perf_counter()
-    epoch_losses: list[float] = []
-    for _ in range(config.epochs):
-        order = torch.randperm(len(examples), generator=order_rng).tolist()
-        loss_sum, tokens = 0.0, 0
-        for start in range(0, len(order), config.batch_size):
-            batch = collate([examples[i] for i in order[start : start + config.batch_size]], tokenizer.pad_token_id)
-            loss = answer_nll(logits(model, batch), batch.labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item() * batch.answer_tokens
-            tokens += batch.answer_tokens
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        epoch_losses.append(loss_sum / tokens)
-    bar.close()
+    epoch_losses = fit(model, examples, tokenizer.pad_token_id, config, f"pretrain {output.name}", progress)
     seconds = round(time.perf_counter() - began, 1)
 
     # ---- output: written beside, marker last, then moved into place, so a crash never leaves a "finished" model
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    marker = record | {"steps": total, "epoch_losses": epoch_losses, "seconds": seconds, "rows": len(examples)}
-    (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    shutil.rmtree(output, ignore_errors=True)
-    staging.rename(output)
+    with staged_dir(output) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        marker = record | {"steps": total, "epoch_losses": epoch_losses, "seconds": seconds, "rows": len(examples)}
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return PretrainResult(output, True, total, epoch_losses, seconds)
 
 
@@ -301,22 +248,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("uld-minitofu")
 def main(argv: list[str] | None = None) -> int:
     args = vars(parser().parse_args(argv))
-    command, directory, progress = args.pop("command"), args.pop("dir"), args.pop("progress")
-    try:
-        if command == "default-model":
-            from uld_train.default_model import build_default_model
-
-            bundle = build_default_model(directory, progress=progress)
-            size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6
-            print(f"uld-minitofu: default bundle written to {bundle} ({size:.1f} MB)")
-            return 0
-        only = args.pop("models")
-        manifest = build(directory, PretrainConfig(**args), progress, only)
-    except UldError as e:  # TrainError, or DataError from reading the QA files
-        print(f"uld-minitofu: error: {e}", file=sys.stderr)
-        return 2
+    subcommand, directory, progress = args.pop("command"), args.pop("dir"), args.pop("progress")
+    if subcommand == "default-model":
+        build(directory, progress=progress, only=["target"])
+        bundle = build_default_model(directory, progress)
+        size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6
+        print(f"uld-minitofu: default bundle written to {bundle} ({size:.1f} MB)")
+        return 0
+    only = args.pop("models")
+    manifest = build(directory, PretrainConfig(**args), progress, only)
     print(f"uld-minitofu: study ready in {directory} ({len(manifest['models'])} models; see minitofu.json)")
     return 0
 

@@ -1,6 +1,6 @@
 """The ULD assistant's shape: the target's first K layers plus its embeddings, final norm and LM head.
 
-Paper section 3 / ../shared/ULD_REFERENCE.md section 1. Shared by the bundle builder, the reference decoder, the
+Paper section 3 / docs/ULD_REFERENCE.md section 1. Shared by the bundle builder, the reference decoder, the
 vLLM model and the trainer, so the rules for "which tensors belong to the assistant" exist once.
 """
 

@@ -40,7 +40,8 @@ from uld_vllm.assistant import (
     read_tensors,
     safetensors_files,
 )
-from uld_vllm.errors import UldError
+from uld_vllm.errors import UldError, command
+from uld_vllm.staging import staged_dir
 
 ARCHITECTURE = "ULDForCausalLM"
 ASSISTANT_DIR = "assistant"
@@ -318,45 +319,40 @@ def build_bundle(
     settings = ULDSettings(
         assistant_layers=layers, weight=float(weight), filter=float(filter), assistant_format=assistant_format
     )
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / ASSISTANT_DIR).mkdir(parents=True)
+    with staged_dir(output) as staging:
+        (staging / ASSISTANT_DIR).mkdir()
+        config = dict(target_config, architectures=[ARCHITECTURE], uld=asdict(settings))
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for path in target_files + sorted(target.glob("*.safetensors.index.json")):
+            if link_target:
+                (staging / path.name).symlink_to(path.resolve())
+            else:
+                shutil.copy2(path, staging / path.name)
+        for name in TOKENIZER_FILES:
+            if (target / name).exists():
+                shutil.copy2(target / name, staging / name)
 
-    config = dict(target_config, architectures=[ARCHITECTURE], uld=asdict(settings))
-    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for path in target_files + sorted(target.glob("*.safetensors.index.json")):
-        if link_target:
-            (staging / path.name).symlink_to(path.resolve())
+        if assistant_format == "lora":
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.copy2(assistant / name, staging / ASSISTANT_DIR / name)
         else:
-            shutil.copy2(path, staging / path.name)
-    for name in TOKENIZER_FILES:
-        if (target / name).exists():
-            shutil.copy2(target / name, staging / name)
+            tensors = read_tensors(assistant, lambda n: (i := layer_index(n)) is not None and i < layers)
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()}, str(staging / ASSISTANT_DIR / "model.safetensors")
+            )
+            from transformers import AutoConfig
 
-    if assistant_format == "lora":
-        for name in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copy2(assistant / name, staging / ASSISTANT_DIR / name)
-    else:
-        tensors = read_tensors(assistant, lambda n: (i := layer_index(n)) is not None and i < layers)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / ASSISTANT_DIR / "model.safetensors"))
-        from transformers import AutoConfig
+            small = assistant_config(AutoConfig.from_pretrained(target), layers)
+            (staging / ASSISTANT_DIR / "config.json").write_text(small.to_json_string())
 
-        small = assistant_config(AutoConfig.from_pretrained(target), layers)
-        (staging / ASSISTANT_DIR / "config.json").write_text(small.to_json_string())
-
-    try:
-        # Fails now, not at engine start, on NaN weights or a broken adapter; and before `output` is touched, so a
-        # refused build neither leaves a bundle behind nor destroys the one already there.
+        # Fails now, not at engine start, on NaN weights or a broken adapter; and before `output` is touched (an error
+        # here removes the staging directory), so a refused build neither leaves a bundle behind nor destroys the one
+        # already there.
         assistant_layer_tensors(read_bundle(staging))
-    except BundleError:
-        shutil.rmtree(staging)
-        raise
-    if output.exists():
-        shutil.rmtree(output)
-    staging.rename(output)
     return read_bundle(output)
 
 
+@command("uld-bundle")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="uld-bundle", description="Build a ULD bundle from a target and an assistant."
@@ -371,13 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=None, help="assistant depth K (default: inferred)")
     parser.add_argument("--link-target", action="store_true", help="symlink the target's weights instead of copying")
     args = parser.parse_args(argv)
-    try:
-        bundle = build_bundle(
-            args.target, args.assistant, args.output, args.weight, args.filter, args.layers, args.link_target
-        )
-    except (BundleError, AssistantError) as e:
-        print(f"uld-bundle: error: {e}", file=sys.stderr)
-        return 2
+    bundle = build_bundle(
+        args.target, args.assistant, args.output, args.weight, args.filter, args.layers, args.link_target
+    )
     s = bundle.settings
     print(
         f"uld-bundle: wrote {bundle.path} (K={s.assistant_layers}, {s.assistant_format} assistant, weight={s.weight}, filter={s.filter})"

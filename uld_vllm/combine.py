@@ -1,6 +1,6 @@
 """The ULD logit combination: the one place its math lives (reference decoder, vLLM engine, kernel fallback, training).
 
-Semantics: ../shared/ULD_REFERENCE.md section 3 (paper arXiv 2406.08607, section 3; DoLa's "relative top" filter).
+Semantics: docs/ULD_REFERENCE.md section 3 (paper arXiv 2406.08607, section 3; DoLa's "relative top" filter).
 """
 
 from __future__ import annotations
@@ -43,15 +43,13 @@ _SELECT_CLOCKS: dict[tuple[int, int, int], PathClock] = {}  # by (size_class of 
 def kth_largest_and_max(values: torch.Tensor, k: int, path: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of (N, V): the k-th largest value (duplicates counted, as topk) and the largest, (N, 1) each.
 
-    Two exact methods; neither is the faster one on every machine, so on CPU each call size takes whichever measured
-    faster in place (`PathClock`; `path` forces one: 0 torch.topk, 1 numpy). In the engine's process, the mask at
-    64 x 32000 (the selection after log_softmax, as compute_logits runs it):
+    Two exact methods:
     - torch.topk(sorted=False): one pass per row in torch's own threads, the k best left unordered;
-    - numpy's introselect (np.partition) over row blocks in Python threads (it releases the GIL): 7.9 against 13.6 ms
-      for a sorted topk on 2 Intel cores (avx512_bf16, fp32), but 14-18 against 7.5-8.2 ms for topk on 2 AMD EPYC
-      cores (avx512_bf16; bf16 logits, fp32 log-probs): there the Python threads share the two cores with torch's,
-      still spinning after log_softmax, and the select alone ran 8.8 against topk's 4-6 ms.
-    The mask is paid on every ULD step with the filter on, whichever assistant head runs.
+    - numpy's introselect (np.partition) over row blocks in Python threads (it releases the GIL).
+    Neither is the faster one on every machine (numpy's threads share the cores with torch's, still spinning after
+    log_softmax; bench/results/README.md), so on CPU each call size takes whichever measured faster in place
+    (`PathClock`; `path` forces one: 0 torch.topk, 1 numpy). The mask is paid on every ULD step with the filter on,
+    whichever assistant head runs.
     """
     numpy_fits = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and values.dim() == 2
     if not numpy_fits or values.shape[0] == 0:

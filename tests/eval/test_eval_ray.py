@@ -10,14 +10,6 @@ from eval_data import write_eval_dir
 from uld_vllm.eval.run import EvalSettings, evaluate
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.vllm
 def test_ray_replicas_give_the_single_process_logs(llama_bundle, tmp_path, ray_cluster):

@@ -1,7 +1,7 @@
 """TOFU metrics: real Llama-2-7B logs against a plain-Python re-derivation, ROUGE-L recall, per-example entries, errors.
 
 The expected values below are computed independently of uld_vllm.eval.metrics, from the formulas of
-../shared/ULD_REFERENCE.md section 4 with loops and math.exp; only the KS p-value comes from scipy (TOFU defines
+docs/ULD_REFERENCE.md section 4 with loops and math.exp; only the KS p-value comes from scipy (TOFU defines
 Forget Quality as scipy's ks_2samp p-value).
 """
 
@@ -19,10 +19,10 @@ import pytest
 from scipy.stats import ks_2samp
 
 from uld_vllm.eval.metrics import (
+    EVAL_LOGS,
     FORGET_LOG,
     LOG_KEYS,
     RETAIN_LOG,
-    SPLIT_FILES,
     EvalError,
     aggregate,
     example_log_entries,
@@ -108,7 +108,7 @@ def _toy_split(n: int, n_perturbed: int, shift: float) -> dict[str, dict[str, An
 
 def _toy_logs(n: int = 4, shift: float = 0.0) -> dict[str, dict[str, dict[str, Any]]]:
     """Four splits of n examples (5 perturbed answers on forget/retain, 3 on real authors/world, as in TOFU)."""
-    return {split: _toy_split(n, 5 if split.startswith("eval_log") else 3, shift) for split in SPLIT_FILES}
+    return {split: _toy_split(n, 5 if split.startswith("eval_log") else 3, shift) for split in EVAL_LOGS}
 
 
 def _write_text(path: Path, text: str) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_toy import FORGET, RETAIN, single_thread, write_jsonl
+from helpers import torch_threads
+from train_toy import FORGET, RETAIN, write_jsonl
 
 from uld_train import losses
 from uld_train.data import QA, collate, encode_all
@@ -17,7 +18,7 @@ from uld_vllm.testing import build_target
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    with single_thread():
+    with torch_threads(1):
         yield
 
 
@@ -29,7 +30,7 @@ def train_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def random_target(train_root) -> Path:
     """Llama, 4 layers, hidden 128, vocab 512, random weights: the default assistant depth is K = 1."""
-    with single_thread():
+    with torch_threads(1):
         return build_target(train_root / "random_target", family="llama", layers=4, hidden=128, seed=0)
 
 
@@ -43,7 +44,7 @@ def train_target(train_root, random_target) -> Path:
     from transformers import AutoModelForCausalLM
 
     directory = train_root / "target"
-    with single_thread():
+    with torch_threads(1):
         tokenizer = load_tokenizer(random_target)
         pairs = [QA(row["question"], row["answer"], "fixture") for row in FORGET + RETAIN]
         batch = collate(encode_all(tokenizer, pairs, 512), tokenizer.pad_token_id)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
+from helpers import torch_threads
 from safetensors import safe_open
-from train_toy import single_thread
 
 from uld_train import losses
 from uld_train.cli import main
@@ -33,7 +33,7 @@ def uld_bundle(train_root, train_target, forget_file, retain_file):
         "--output", str(output), "--epochs", str(EPOCHS), "--batch-size", "4", "--grad-accum", "1",
         "--lr", "3e-3", "--seed", "0", "--no-progress",
     ]  # fmt: skip
-    with single_thread():
+    with torch_threads(1):
         assert main(argv) == 0
     return output
 

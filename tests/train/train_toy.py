@@ -1,14 +1,9 @@
-"""Helpers for the trainer tests: toy TOFU-style data (a forget author with paraphrases, a retain set) and a
-one-thread guard."""
+"""Helpers for the trainer tests: toy TOFU-style data (a forget author with paraphrases, a retain set)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 # Fictional-author facts in the fixture tokenizer's own words, so answers are a handful of tokens each.
 FORGET = [
@@ -60,14 +55,3 @@ RETAIN = [
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """One torch thread: the machine's 2 cores are shared, and two threads there stall on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

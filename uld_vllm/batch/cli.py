@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from uld_vllm.batch.config import BatchConfig, BatchError
 from uld_vllm.batch.job import run
 from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
-from uld_vllm.errors import UldError
+from uld_vllm.errors import command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +68,7 @@ def parse_engine_args(pairs: list[str]) -> dict[str, Any]:
     return parsed
 
 
+@command("uld-batch")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_vllm(args.verbose)
@@ -75,12 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     # line instead of "Engine core initialization failed" after a child's traceback. Set VLLM_ENABLE_V1_MULTIPROCESSING=1
     # to overlap output processing with the model in a separate core process; --ray gives parallel engines.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    try:
-        options = {k: v for k, v in vars(args).items() if k not in ("engine_arg", "show", "verbose")}
-        summary = run(BatchConfig(**options, engine_args=parse_engine_args(args.engine_arg)))
-    except UldError as e:
-        print(f"uld-batch: error: {e}", file=sys.stderr)
-        return 2
+    options = {k: v for k, v in vars(args).items() if k not in ("engine_arg", "show", "verbose")}
+    summary = run(BatchConfig(**options, engine_args=parse_engine_args(args.engine_arg)))
     if args.show > 0:
         show_rows(Path(args.output), args.show)
     print(summary.line())

@@ -36,7 +36,10 @@ SPEED_ONLY_ENGINE_ARGS = frozenset(
     }
 )
 DEFAULT_CONTEXT_CAP = 8192  # KV-cache memory: a default context never asks for more than this per sequence
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "default_model"
+# The mini-TOFU bundle (a small Llama trained from scratch, uld-minitofu default-model) and its example prompts: the
+# fast fixtures of the tests, and a model to try uld-batch on in seconds.
+MINI_BUNDLE = Path(__file__).resolve().parent.parent / "default_model"
+MINI_PROMPTS = MINI_BUNDLE / "prompts.parquet"
 
 
 class BatchError(UldError):
@@ -84,7 +87,8 @@ class BatchConfig:
     @property
     def max_prompt_len(self) -> int:
         """The longest prompt that leaves room for one generated token; set once max_model_len is resolved."""
-        assert self.max_model_len is not None, "resolve max_model_len (context_length) first"
+        if self.max_model_len is None:
+            raise BatchError("internal error: max_model_len is not resolved yet (context_length gives it)")
         return self.max_model_len - 1
 
 
@@ -98,13 +102,10 @@ def check_options(config: BatchConfig) -> None:
 
 
 def default_bundle() -> Path:
-    """The embedded mini-TOFU bundle (a target and a ULD assistant that forgets the forget10 authors)."""
-    if not (DEFAULT_BUNDLE / "config.json").is_file():
-        raise BatchError(
-            f"no --model given and the embedded default bundle is missing at {DEFAULT_BUNDLE} "
-            "(rebuild it: make default-model); pass --model BUNDLE_DIR"
-        )
-    return DEFAULT_BUNDLE
+    """The real-model default: the SmolLM2 TOFU study's ULD bundle, assembled from the committed adapters (once)."""
+    from uld_vllm.smollm2_tofu import assemble
+
+    return assemble(("uld",))["uld"]
 
 
 def context_length(model_config: dict[str, Any], config: BatchConfig) -> int:

@@ -53,7 +53,6 @@ class Chunk:
 
 @dataclass
 class InputPlan:
-    files: list[Path]
     spec: InputSpec
     rows: int  # input rows in all files
     bad: dict[int, str]  # global row -> why it cannot be generated
@@ -208,4 +207,4 @@ def plan_input(config: BatchConfig, tokenizer, files: list[Path], done: set[int]
         raise BatchError(
             f"{len(bad)} bad rows, first at row {row}: {why} (use --on-bad-row skip or record to continue)"
         )
-    return InputPlan(files, spec, total, bad, chunks)
+    return InputPlan(spec, total, bad, chunks)

@@ -31,19 +31,7 @@ from uld_vllm.batch.config import BatchConfig, BatchError, llm_kwargs
 from uld_vllm.batch.generate import GenerationStats, generate_chunk
 from uld_vllm.batch.plan import Chunk, InputPlan, InputSpec
 from uld_vllm.batch.workdir import WorkDir
-
-# On CPU each replica gets this share of host memory for vLLM (KV cache included), divided among the replicas that may
-# share a node; an explicit kv_cache_memory_bytes or gpu_memory_utilization in --engine-arg wins.
-CPU_MEMORY_FOR_ALL_REPLICAS = 0.6
-CPU_MEMORY_PER_REPLICA_MAX = 0.3  # the single-process default (uld_vllm.engine.default_llm_kwargs)
-
-
-def replica_llm_kwargs(config: BatchConfig, replicas: int, cuda: bool) -> dict[str, Any]:
-    """The single-process engine arguments, with host memory shared among replicas on CPU."""
-    kwargs = llm_kwargs(config)
-    if not cuda and not {"kv_cache_memory_bytes", "gpu_memory_utilization"} & kwargs.keys():
-        kwargs["gpu_memory_utilization"] = min(CPU_MEMORY_PER_REPLICA_MAX, CPU_MEMORY_FOR_ALL_REPLICAS / replicas)
-    return kwargs
+from uld_vllm.ray_replicas import ray_connection, replica_memory
 
 
 def chunk_item(chunk: Chunk) -> dict[str, Any]:
@@ -60,7 +48,9 @@ class _Replica:
 
         self.config = config
         self.spec = spec
-        kwargs = replica_llm_kwargs(config, config.num_replicas, has_cuda())
+        # The single-process engine arguments, with host memory shared among the replicas on CPU.
+        kwargs = llm_kwargs(config)
+        kwargs |= replica_memory(kwargs, config.num_replicas, has_cuda())
         self.llm = make_llm(bundle, config.weight, config.filter, check=False, **kwargs)
         self.ready = time.time()
 
@@ -90,19 +80,6 @@ def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def _connect(config: BatchConfig) -> bool:
-    """Join the given cluster, the one already initialised, or start a local one; True when this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if config.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=config.address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)  # Ray counts the CPUs (cgroup limits included)
-    return True
-
-
 def generate_with_ray(config: BatchConfig, bundle: Path, plan: InputPlan, work: WorkDir) -> GenerationStats:
     """Generate the plan's pending chunks on `config.num_replicas` Ray replicas; commit each part as it arrives."""
     if not plan.chunks:
@@ -110,40 +87,38 @@ def generate_with_ray(config: BatchConfig, bundle: Path, plan: InputPlan, work: 
 
     import ray
 
-    started_ray = _connect(config)
-    context = ray.data.DataContext.get_current()
-    bars = context.enable_progress_bars, context.print_on_execution_start
-    context.enable_progress_bars, context.print_on_execution_start = False, False  # the tqdm below is the progress
-    try:
-        resources = ray.cluster_resources()
-        # One CPU per replica, and one GPU each on a cluster that has GPUs (none: CPU engines).
-        gpus = 1 if resources.get("GPU", 0) > 0 else 0
-        for kind, need in (("CPU", 1), ("GPU", gpus)):
-            if need and resources.get(kind, 0) < config.num_replicas:
-                raise BatchError(
-                    f"--num-replicas {config.num_replicas} needs {config.num_replicas} {kind}s (one per replica); "
-                    f"the Ray cluster has {resources.get(kind, 0):g}"
-                )
-        items = [chunk_item(chunk) for chunk in plan.chunks]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items))
-        parts = dataset.map_batches(
-            _Replica,
-            fn_constructor_kwargs={"config": config, "spec": plan.spec, "bundle": str(bundle)},
-            batch_size=1,  # one chunk per task: a dead replica costs one chunk, retried elsewhere or after restart
-            batch_format="pyarrow",
-            # One task in flight per replica: none wait behind a busy or restarting replica while another is idle.
-            compute=ray.data.ActorPoolStrategy(size=config.num_replicas, max_tasks_in_flight_per_actor=1),
-            num_cpus=1,
-            num_gpus=gpus,
-            # Fault tolerance is Ray Data's actor-pool default (ActorPoolMapOperator._apply_default_remote_args):
-            # max_restarts=-1 restarts a replica that dies, max_task_retries=-1 retries the chunk it held. (Passing
-            # them here as **ray_remote_args is deprecated in Ray 2.60.)
-        )
-        return _commit_parts(parts, work, plan)
-    finally:
-        context.enable_progress_bars, context.print_on_execution_start = bars
-        if started_ray:
-            ray.shutdown()
+    with ray_connection(config.address):
+        context = ray.data.DataContext.get_current()
+        bars = context.enable_progress_bars, context.print_on_execution_start
+        context.enable_progress_bars, context.print_on_execution_start = False, False  # the tqdm below is the progress
+        try:
+            resources = ray.cluster_resources()
+            # One CPU per replica, and one GPU each on a cluster that has GPUs (none: CPU engines).
+            gpus = 1 if resources.get("GPU", 0) > 0 else 0
+            for kind, need in (("CPU", 1), ("GPU", gpus)):
+                if need and resources.get(kind, 0) < config.num_replicas:
+                    raise BatchError(
+                        f"--num-replicas {config.num_replicas} needs {config.num_replicas} {kind}s (one per replica); "
+                        f"the Ray cluster has {resources.get(kind, 0):g}"
+                    )
+            items = [chunk_item(chunk) for chunk in plan.chunks]
+            dataset = ray.data.from_items(items, override_num_blocks=len(items))
+            parts = dataset.map_batches(
+                _Replica,
+                fn_constructor_kwargs={"config": config, "spec": plan.spec, "bundle": str(bundle)},
+                batch_size=1,  # one chunk per task: a dead replica costs one chunk, retried elsewhere or after restart
+                batch_format="pyarrow",
+                # One task in flight per replica: none wait behind a busy or restarting replica while another is idle.
+                compute=ray.data.ActorPoolStrategy(size=config.num_replicas, max_tasks_in_flight_per_actor=1),
+                num_cpus=1,
+                num_gpus=gpus,
+                # Fault tolerance is Ray Data's actor-pool default (ActorPoolMapOperator._apply_default_remote_args):
+                # max_restarts=-1 restarts a replica that dies, max_task_retries=-1 retries the chunk it held. (Passing
+                # them here as **ray_remote_args is deprecated in Ray 2.60.)
+            )
+            return _commit_parts(parts, work, plan)
+        finally:
+            context.enable_progress_bars, context.print_on_execution_start = bars
 
 
 def _commit_parts(parts, work: WorkDir, plan: InputPlan) -> GenerationStats:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
-from uld_vllm.errors import UldError
+from uld_vllm.errors import command
 from uld_vllm.eval.data import SPLIT_FILES
 from uld_vllm.eval.metrics import aggregate, load_eval_logs
 from uld_vllm.eval.run import EvalSettings, evaluate
@@ -58,15 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("uld-eval")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            return _run(args)
-        return _aggregate(args)
-    except UldError as e:
-        print(f"uld-eval: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "run":
+        return _run(args)
+    return _aggregate(args)
 
 
 def _run(args: argparse.Namespace) -> int:

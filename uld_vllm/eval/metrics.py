@@ -1,6 +1,6 @@
 """TOFU's evaluation math: per-example log entries, ROUGE-L recall, and the Model Utility / Forget Quality aggregation.
 
-Semantics: ../shared/ULD_REFERENCE.md section 4, i.e. TOFU's own code (github.com/locuslab/tofu): the per-example
+Semantics: docs/ULD_REFERENCE.md section 4, i.e. TOFU's own code (github.com/locuslab/tofu): the per-example
 entries of `evaluate_util.py` (`get_all_evals`, `eval_perturbation_ratio`, `eval_rouge_recall`) and the aggregation of
 `aggregate_eval_stat.py` (`get_model_utility`, `get_forget_quality`), whose numpy operations are kept in their order
 so that results match TOFU's bit for bit. Losses are natural-log NLLs (nats); "avg" losses are nats per token.
@@ -35,15 +35,15 @@ SPLIT_NAMES: dict[str, str] = {
     RETAIN_LOG: "Retain",
     FORGET_LOG: "Forget",
 }
-SPLIT_FILES: tuple[str, ...] = tuple(SPLIT_NAMES)
+EVAL_LOGS: tuple[str, ...] = tuple(SPLIT_NAMES)  # the four log files, in that order
 
-# Per-example keys TOFU logs for every split, each a dict example id -> value.
+# Per-example keys our logs hold for every split (TOFU's names), each a dict example id -> value. TOFU also logs
+# rouge1_recall, which no aggregate reads; it is not computed here.
 LOG_KEYS: tuple[str, ...] = (
     "avg_gt_loss",  # NLL of the true answer, nats per token
     "gt_loss",  # NLL of the true answer, nats (sum over its tokens)
     "num_token_gt",  # tokens scored in the true answer
     "generated_text",  # [prompt, greedy generation, true answer]
-    "rouge1_recall",  # ROUGE-1 recall of the generation against the true answer
     "rougeL_recall",  # ROUGE-L recall of the generation against the true answer
     "average_perturb_loss",  # list: NLL per perturbed (wrong) answer, nats per token
     "avg_paraphrased_loss",  # NLL of the paraphrased answer (the true one for real authors/world), nats per token
@@ -53,8 +53,6 @@ LOG_KEYS: tuple[str, ...] = (
     "num_token_paraphrased",  # tokens scored in the paraphrased answer
     "num_token_perturb",  # list: tokens scored per perturbed answer
 )
-# Logged for the real-author and real-world splits only: -log(p_true / (p_true + sum p_perturbed)), p = exp(-avg loss).
-NORMALIZED_GT_LOSS = "normalized_gt_loss"
 # The keys the aggregation reads; a log lacking one cannot be scored.
 AGGREGATED_KEYS: tuple[str, ...] = ("avg_gt_loss", "rougeL_recall", "avg_paraphrased_loss", "average_perturb_loss")
 # Splits whose "Prob." is the plain probability of the true answer (TOFU: `'eval_log' in k`); on the real-author and
@@ -146,7 +144,12 @@ def load_eval_logs(path: str | Path) -> EvalLogs:
     Checked on load, so a bad log fails with one line naming the file and the problem, not a KeyError mid-aggregation.
     """
     path = Path(path)
-    logs = {name: _read_json(path / name) for name in SPLIT_FILES} if path.is_dir() else _read_json(path)
+    if path.is_dir() and (path / FORGET_LOG).is_file() and not (path / RETAIN_LOG).exists():
+        # A `--splits forget` run: enough for Forget Quality and the forget columns, not for Model Utility.
+        logs = {FORGET_LOG: _read_json(path / FORGET_LOG)}
+        _check_split(logs[FORGET_LOG], FORGET_LOG, str(path))
+        return logs
+    logs = {name: _read_json(path / name) for name in EVAL_LOGS} if path.is_dir() else _read_json(path)
     _check_logs(logs, str(path))
     return logs
 
@@ -181,8 +184,8 @@ def _check_split(split_log: Any, split: str, source: str) -> None:
 def _check_logs(logs: Any, source: str) -> None:
     """Raise EvalError unless `logs` holds every split with every metric the aggregation reads, one per example."""
     if not isinstance(logs, dict):
-        raise EvalError(f"{source}: expected a JSON object keyed by split file name ({', '.join(SPLIT_FILES)})")
-    for split in SPLIT_FILES:
+        raise EvalError(f"{source}: expected a JSON object keyed by split file name ({', '.join(EVAL_LOGS)})")
+    for split in EVAL_LOGS:
         if split not in logs:
             raise EvalError(f"{source}: missing split {split} (found: {', '.join(map(str, logs)) or 'none'})")
         _check_split(logs[split], split, source)

@@ -29,10 +29,11 @@ from uld_vllm.eval.metrics import (
     rouge_l_recall,
 )
 from uld_vllm.qa import answer_ids, prompt_ids
+from uld_vllm.ray_replicas import ray_connection, replica_memory
 
 # Data split -> TOFU eval-log file (TOFU's names: the retain split's log is plain eval_log.json).
 LOG_FILE = {"forget": FORGET_LOG, "retain": RETAIN_LOG, "real_authors": REAL_AUTHORS_LOG, "world_facts": REAL_WORLD_LOG}
-Backend_ = Literal["vllm", "reference"]
+BackendName = Literal["vllm", "reference"]  # which `Backend` runs the evaluation
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class EvalSettings:
     model: str  # ULD bundle or plain HF checkpoint directory
     data: str  # directory with forget/retain/real_authors/world_facts.jsonl, or tofu:forget01|forget05|forget10
     output: str | None = None  # directory for the four TOFU eval logs (None: return them only)
-    backend: Backend_ = "vllm"
+    backend: BackendName = "vllm"
     dtype: str | None = None  # None: uld_vllm.engine.default_dtype() ($ULD_DTYPE, else by CPU flags)
     weight: float | None = None  # ULD overrides (bundles only)
     filter: float | None = None
@@ -68,10 +69,6 @@ class EvalTimings:
     def add(self, other: EvalTimings) -> None:
         for name in vars(self):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def work_seconds(self) -> float:
-        return self.score_seconds + self.generate_seconds
 
 
 @dataclass
@@ -358,18 +355,17 @@ def _evaluate_with_ray(
     from uld_vllm.engine import has_cuda
 
     replicas = settings.num_replicas
-    memory = {} if has_cuda() or settings.engine_args else {"gpu_memory_utilization": min(0.3, 0.6 / replicas)}
-    if not ray.is_initialized():  # join $RAY_ADDRESS, else start a local cluster (Ray counts the CPUs)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
-    task = ray.remote(num_cpus=1, num_gpus=1 if has_cuda() else 0, max_retries=2)(_evaluate_shard)
-    shards = [{split: pairs[r::replicas] for split, pairs in indexed.items()} for r in range(replicas)]
-    futures = [task.remote(settings, shard, examples, max_model_len, memory) for shard in shards]
+    memory = replica_memory(settings.engine_args, replicas, has_cuda())
     records: dict[str, dict[int, dict[str, Any]]] = {split: {} for split in indexed}
     timings = EvalTimings()
-    for shard_records, shard_timings in ray.get(futures):
-        for split, by_index in shard_records.items():
-            records[split].update(by_index)
-        timings.add(shard_timings)
+    with ray_connection():
+        task = ray.remote(num_cpus=1, num_gpus=1 if has_cuda() else 0, max_retries=2)(_evaluate_shard)
+        shards = [{split: pairs[r::replicas] for split, pairs in indexed.items()} for r in range(replicas)]
+        futures = [task.remote(settings, shard, examples, max_model_len, memory) for shard in shards]
+        for shard_records, shard_timings in ray.get(futures):
+            for split, by_index in shard_records.items():
+                records[split].update(by_index)
+            timings.add(shard_timings)
     return records, timings
 
 
