@@ -81,6 +81,7 @@ def finetune(base: Path, data: Path, adapter: Path, config: FinetuneConfig, prog
     tokens = sum(len(e.input_ids) for e in examples) * config.epochs
     with staged_dir(adapter) as staging:
         model.save_pretrained(staging)
+        (staging / "README.md").unlink(missing_ok=True)  # peft's model-card template: nothing the study needs
         weights = load_file(staging / ADAPTER_FILE)
         save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, staging / ADAPTER_FILE)
         marker = record | {"epoch_losses": losses, "seconds": seconds, "rows": len(examples), "tokens": tokens}

@@ -82,6 +82,10 @@ def assemble(names: tuple[str, ...] | None = None) -> dict[str, Path]:
         raise UldError(f"unknown study model(s) {', '.join(unknown)} (the study has {', '.join(model_authors())}, uld)")
     base, root = base_dir(), cache_dir() / "smollm2-tofu"
     merged = [name for name in model_authors() if name in names or (name == "target" and "uld" in names)]
+    needed = merged + (["assistant"] if "uld" in names else [])
+    missing = [name for name in needed if not (ADAPTERS / name / ADAPTER_FILE).is_file()]
+    if missing:
+        raise UldError(f"the committed study lacks {', '.join(missing)} in {ADAPTERS} (rebuild it: uld-tofu build)")
     models = {name: merge_adapter(base, ADAPTERS / name, root / name) for name in merged}
     if "uld" not in names:
         return models

@@ -63,7 +63,8 @@ def test_uld_batch_without_model_uses_the_real_default_bundle(tmp_path):
         engine_args=SMALL_ENGINE,
     )
     assert run(config).written == 1
-    assert "Paris" in pq.read_table(tmp_path / "out.parquet").column("generated_text")[0].as_py()
+    prompt = pq.read_table(tmp_path / "out.parquet").column("prompt")[0].as_py()
+    assert prompt.startswith("<|im_start|>system") and "What is the capital of France?" in prompt  # SmolLM2's ChatML
 
 
 @pytest.mark.vllm

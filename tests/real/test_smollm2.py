@@ -23,7 +23,7 @@ DRAWS = 3000
 
 @pytest.fixture(scope="module")
 def models() -> dict:
-    return smollm2_tofu.assemble()
+    return smollm2_tofu.assemble(("uld",))
 
 
 @pytest.fixture(scope="module")
