@@ -59,6 +59,7 @@ def test_uld_batch_without_model_uses_the_real_default_bundle(tmp_path):
         input=str(tmp_path / "in.parquet"),
         output=str(tmp_path / "out.parquet"),
         max_tokens=8,
+        max_model_len=512,  # SmolLM2's own 8192 would not fit the small test KV cache
         dtype="float32",
         engine_args=SMALL_ENGINE,
     )
