@@ -20,7 +20,7 @@ lint: setup
 demo: setup
 	$(VENV)/bin/uld-demo
 
-# Rebuild that study from the SmolLM2 wheel and TOFU's files: adapters into uld_vllm/smollm2_tofu/, figures into
+# Rebuild that study from the SmolLM2 wheel and TOFU's files: adapters into uld_vllm/smollm2-tofu/, figures into
 # bench/results/tofu-smollm2.md (finished steps are reused; see the README for its time per CPU class).
 tofu: setup
 	$(VENV)/bin/uld-tofu build --dir out/tofu

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+from uld_vllm.engine import in_process_engine_core  # noqa: E402
+
+in_process_engine_core()
 
 from uld_train.config import TrainConfig  # noqa: E402
 from uld_train.default_model import ULD_RECIPE  # noqa: E402

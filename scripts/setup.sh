@@ -27,8 +27,11 @@ fi
 
 [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
 pip_() {
-    # This machine's pip config names index folders that do not all exist; drop pip's line about each.
-    "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+    # Quiet: the build backend's warnings (setuptools' editable-install notice) are not the user's to act on, and
+    # this machine's pip config names index folders that do not all exist (pip prints a line about each). Errors
+    # still print, and fail the setup.
+    PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 \
+        | { grep -v "is ignored: it is neither" || true; }
 }
 PIP=pip_
 $PIP install -q --progress-bar off --upgrade pip wheel setuptools

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import random  # noqa: E402
+import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -39,6 +40,20 @@ def _seed() -> None:
     random.seed(SEED)
     np.random.seed(SEED)
     torch.manual_seed(SEED)
+
+
+@pytest.fixture(autouse=True)
+def _engines_carry_the_vllm_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pytest -m "not vllm"` is the fast suite only if every test that starts an engine says so: an unmarked test
+    that builds an engine core in this process fails. (Checked once vLLM is imported: engines need it imported.)"""
+    if request.node.get_closest_marker("vllm") or "vllm.v1.engine.core" not in sys.modules:
+        return
+    core = sys.modules["vllm.v1.engine.core"].EngineCore
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a vLLM engine: mark it @pytest.mark.vllm")
+
+    monkeypatch.setattr(core, "__init__", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""TOFU's own QA files, shipped in uld_vllm/data/tofu/: contents, derived splits, subsets, and `tofu:NAME` specs in
+"""TOFU's own QA files, shipped in uld_vllm/tofu-data/: contents, derived splits, subsets, and `tofu:NAME` specs in
 uld-train's and uld-eval's data readers. Fast: no engine, no training."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from uld_train.loop import check_config, config_record
 from uld_vllm import tofu
 from uld_vllm.eval import cli as eval_cli
 from uld_vllm.eval.data import SPLIT_FILES, read_eval_data
-from uld_vllm.qa import DataError, read_rows
+from uld_vllm.qa import read_rows
+from uld_vllm.rows import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu" / "qa"  # the copies TOFU's files came from
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"TOFU's files not found at {SHARED}")
@@ -43,12 +44,12 @@ def test_derived_splits_equal_tofus_files_row_for_row(percent):
 
 
 def test_package_data_ships_every_file():
-    """setuptools installs uld_vllm's package-data globs: every file of data/tofu/ must match one."""
+    """setuptools installs uld_vllm's package-data globs: every file of tofu-data/ must match one."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     globs = pyproject["tool"]["setuptools"]["package-data"]["uld_vllm"]
-    files = sorted(p.relative_to(tofu.DATA_DIR.parents[1]).as_posix() for p in tofu.DATA_DIR.iterdir())
-    assert {f"data/tofu/{name}.jsonl" for name in tofu.SHIPPED} | {"data/tofu/LICENSE"} <= set(files)
+    files = sorted(p.relative_to(tofu.DATA_DIR.parent).as_posix() for p in tofu.DATA_DIR.iterdir())
+    assert {f"tofu-data/{name}.jsonl" for name in tofu.SHIPPED} | {"tofu-data/LICENSE"} <= set(files)
     assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
 
 

@@ -1,7 +1,7 @@
 """The embedded default bundle: the mini-TOFU target plus a ULD assistant that forgets the forget10 authors.
 
 Built by the project's own pipeline (uld-minitofu's target, uld-train's ULD objective), then packed into a small
-self-contained bundle (fp16 weights, no symlinks) under uld_vllm/default_model/, with example prompts that mix
+self-contained bundle (fp16 weights, no symlinks) under uld_vllm/mini-tofu/, with example prompts that mix
 forgotten authors, kept authors and utility questions. `uld-batch` and `uld-demo` use it when no --model is given.
 
     uld-minitofu default-model --dir out/minitofu      (= make default-model)

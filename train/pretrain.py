@@ -239,9 +239,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--models", nargs="+", default=None, help="build only these models (default: all of the study)")
     d = commands.add_parser(
         "default-model",
-        help="rebuild the embedded default bundle (uld_vllm/default_model) and examples/prompts.parquet",
+        help="rebuild the embedded default bundle and its prompts (uld_vllm/mini-tofu/)",
         description="Builds the study's target (cached), trains a ULD assistant on forget10 and packs both into "
-        "uld_vllm/default_model as fp16 (under 10 MB).",
+        "uld_vllm/mini-tofu as fp16 (under 10 MB).",
     )
     d.add_argument("--dir", required=True, type=Path, help="study directory (its target is reused when built)")
     d.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")

@@ -10,7 +10,6 @@ target is the bundle at weight 0: exactly the target, tested token for token aga
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import textwrap
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 
 from uld_vllm import tofu
 from uld_vllm.batch import BatchConfig, run
-from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
+from uld_vllm.engine import DTYPE_ENV, DTYPES, in_process_engine_core, quiet_vllm
 from uld_vllm.errors import UldError, command
 
 # group -> (TOFU files it draws from, label). The forget group is the bundle's forget set (forget05).
@@ -99,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     args = parser.parse_args(argv)
     quiet_vllm(args.verbose)
-    # In-process engine cores: three engine starts in seconds each instead of a subprocess per engine.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    in_process_engine_core()  # three engine starts in seconds each instead of a subprocess per engine
     if args.per_group < 1:
         raise UldError(f"--per-group must be >= 1, got {args.per_group}")
     from uld_vllm.smollm2_tofu import assemble

@@ -62,6 +62,14 @@ def quiet_vllm(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside vLLM/torch, not actionable here
 
 
+def in_process_engine_core() -> None:
+    """vLLM's engine core in this process (unless the user set VLLM_ENABLE_V1_MULTIPROCESSING): an error while the
+    engine loads a bundle (NaN weights, a bad adapter) reaches our one-line handler instead of "Engine core
+    initialization failed" after a child's traceback, and killing a job (or its Ray actor) leaves no orphan engine.
+    Call it before vLLM is imported."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 def resolve_dtype(dtype: str | None) -> str:
     """The dtype a command runs with: the one it was given (checked), else the default; resolved once, up front, so
     what a job records (uld-batch's resume record, uld-eval's run.json, bench results) is what actually ran."""

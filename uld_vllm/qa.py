@@ -6,50 +6,21 @@ evaluation measures a different prompt than the one trained: both call these fun
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from uld_vllm.errors import UldError
-
-
-class DataError(UldError):
-    """A data file is missing, unreadable or malformed; the message names the file and the row."""
+from uld_vllm import tofu
+from uld_vllm.rows import DataError, read_file
 
 
 def read_rows(path: str | Path, what: str) -> list[dict]:
-    """Rows of a parquet or JSON-lines file as dicts; `tofu:NAME` gives TOFU's own file NAME (uld_vllm.tofu), so
-    every reader of QA files (training, evaluation) accepts TOFU's names through this one function."""
-    from uld_vllm import tofu  # here, not at the top: tofu reads its shipped files through this function
-
+    """Rows of a QA file; `tofu:NAME` gives TOFU's own file NAME (uld_vllm.tofu), so every reader of QA files
+    (training, evaluation) accepts TOFU's names through this one function."""
     if tofu.is_tofu_spec(path):
         try:
             return tofu.rows(tofu.spec_name(path))
         except DataError as e:
             raise DataError(f"{what}: {e}") from None
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a corrupt file; the user needs one line
-            raise DataError(f"{what} {path} is not a readable parquet file ({type(e).__name__})") from None
-    if path.suffix in (".json", ".jsonl"):
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{what} {path} line {number} is not JSON ({e.msg}); expected JSON lines") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{what} {path} line {number} is not a JSON object")
-            rows.append(row)
-        return rows
-    raise DataError(f"{what} {path} has unknown extension {path.suffix!r} (use .parquet, .json or .jsonl)")
+    return read_file(Path(path), what)
 
 
 # ---------------------------------------------------------------------------------------------------- tokenising

@@ -3,7 +3,7 @@
 The study (rebuilt by `uld-tofu build`, see uld_train.tofu_study) fine-tunes the pretrained model with LoRA on the 20
 authors that TOFU's `retain_perturbed` covers plus forget05's 10 authors (600 QA): the target. Each retain model gets
 the same recipe without its forget set's authors. A ULD assistant is trained to forget forget05. Only the adapters
-are in the repository (uld_vllm/smollm2_tofu/, float16); `assemble()` merges them with the fetched base into the
+are in the repository (uld_vllm/smollm2-tofu/, float16); `assemble()` merges them with the fetched base into the
 cache, so a fresh clone runs exactly the models the study evaluated.
 """
 
@@ -18,7 +18,7 @@ from uld_vllm.fetch import cache_dir, model_dir, sha256
 from uld_vllm.staging import staged_dir
 
 BASE = "smollm2-135m-instruct"
-ADAPTERS = Path(__file__).parent / "smollm2_tofu"  # the committed deltas and study.json (bundle settings, recipe)
+ADAPTERS = Path(__file__).parent / "smollm2-tofu"  # the committed deltas and study.json (bundle settings, recipe)
 ADAPTER_FILE = "adapter_model.safetensors"
 RETAIN_AUTHORS = tuple(range(20))  # the authors of TOFU's retain_perturbed (rows 0-399 of full)
 FORGET_AUTHORS = {"forget01": (198, 199), "forget05": tuple(range(190, 200))}  # the last 1% / 5% of full's 200

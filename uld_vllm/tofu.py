@@ -1,7 +1,7 @@
 """TOFU's own question-answer files, shipped with the package and read by TOFU's names.
 
 uld-train and uld-eval run on the real benchmark without a download or a hand-made split, and every run sees exactly
-TOFU's rows. Only `full` and the `_perturbed` evaluation files are shipped (uld_vllm/data/tofu/, MIT, see its
+TOFU's rows. Only `full` and the `_perturbed` evaluation files are shipped (uld_vllm/tofu-data/, MIT, see its
 LICENSE): forgetNN is the last NN% of `full` and retainNN the rest, as TOFU builds them, so those are derived here.
 Wherever a QA file path is accepted, `tofu:NAME` names one of these (uld_vllm.qa.read_rows resolves it).
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from uld_vllm.qa import DataError, read_rows
+from uld_vllm.rows import DataError, read_file
 
-DATA_DIR = Path(__file__).parent / "data" / "tofu"
+DATA_DIR = Path(__file__).parent / "tofu-data"
 SPEC_PREFIX = "tofu:"
 QA_PER_AUTHOR = 20  # full holds 200 fictitious authors x 20 consecutive QA: author i is rows 20i .. 20i + 19
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
@@ -53,7 +53,7 @@ def rows(name: str) -> list[dict]:
     """TOFU's file `name` as dicts with TOFU's fields: a shipped file's stem, forget01/05/10 (the last 1/5/10% of
     full) or retain99/95/90 (the rest of full). Fresh dicts on every call, so callers may edit them."""
     if name in SHIPPED:
-        return read_rows(DATA_DIR / f"{name}.jsonl", f"TOFU file {name}")
+        return read_file(DATA_DIR / f"{name}.jsonl", f"TOFU file {name}")
     if name not in DERIVED:
         raise DataError(f"unknown TOFU file {name!r} (valid: {', '.join(NAMES)})")
     full = rows("full")

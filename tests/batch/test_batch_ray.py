@@ -17,6 +17,8 @@ from uld_vllm.batch import run
 from uld_vllm.batch.plan import resolve_inputs
 from uld_vllm.batch.workdir import WorkDir
 
+pytestmark = pytest.mark.vllm
+
 # The engines here (the single-process reference and the replicas, which inherit this environment through the local
 # cluster) run their engine core in-process, as tests/conftest.py sets: no forking next to Ray's threads.
 

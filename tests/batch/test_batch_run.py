@@ -18,6 +18,8 @@ from helpers import batch_config, write_prompts
 from uld_vllm.batch import run
 from uld_vllm.reference import ReferenceDecoder
 
+pytestmark = pytest.mark.vllm
+
 
 @pytest.fixture(scope="module")
 def bundle(bundle_factory) -> Path:

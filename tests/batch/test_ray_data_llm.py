@@ -7,6 +7,8 @@ from helpers import ENGINE_KWARGS
 
 from uld_vllm.reference import ReferenceDecoder
 
+pytestmark = pytest.mark.vllm
+
 PROMPTS = ["Who wrote the book", "Where was the author born", "The city of", "What genre does the novel"]
 
 

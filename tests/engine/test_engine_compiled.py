@@ -4,11 +4,14 @@ fallback's two backbones were compiled for the same bundle into the same cache."
 
 from __future__ import annotations
 
+import pytest
 from engines import greedy, mixed_prompts
 from helpers import engine
 from vllm.compilation.counter import compilation_counter
 
 from uld_vllm.reference import ReferenceDecoder
+
+pytestmark = pytest.mark.vllm
 
 
 def _compiled(model) -> dict:

@@ -136,6 +136,7 @@ def test_pipeline_parallelism_is_refused_before_an_engine_starts(bundle_copy):
         make_llm(bundle_copy, pipeline_parallel_size=2)
 
 
+@pytest.mark.vllm
 def test_settings_vllm_refuses_at_engine_construction_are_one_line(bundle_copy):
     with pytest.raises(UldError) as refused:
         make_llm(bundle_copy, check=False, **(ENGINE_KWARGS | {"max_model_len": 100_000}))

@@ -9,6 +9,8 @@ from helpers import engine, plain_engine
 
 from uld_vllm.reference import ReferenceDecoder
 
+pytestmark = pytest.mark.vllm
+
 # (bundle arguments, engine arguments): each case exercises a family, an assistant format, a K, a filter and one of
 # the scheduler paths that could break two-model KV bookkeeping.
 CASES = {

@@ -12,6 +12,8 @@ from scipy.stats import chisquare
 from uld_vllm.combine import relative_top_mask
 from uld_vllm.reference import ReferenceDecoder, SamplingConfig, sampling_probs
 
+pytestmark = pytest.mark.vllm
+
 DRAWS = 3000
 
 

@@ -3,8 +3,11 @@ give exactly the tokens of an unchunked run: the discarded samples' generator dr
 
 from __future__ import annotations
 
+import pytest
 from engines import mixed_prompts
 from helpers import engine
+
+pytestmark = pytest.mark.vllm
 
 
 def seeded_outputs(llm, prompts: list[list[int]]) -> list[list[int]]:

@@ -14,6 +14,8 @@ import pytest
 
 from uld_vllm.reference import ReferenceDecoder
 
+pytestmark = pytest.mark.vllm
+
 STARTUP_TIMEOUT_S = 240
 
 

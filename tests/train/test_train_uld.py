@@ -123,6 +123,7 @@ def test_qwen2_with_tied_embeddings_trains_into_a_loadable_bundle(tmp_path, forg
     assert torch.isfinite(scores).all()
 
 
+@pytest.mark.vllm
 def test_trained_bundle_runs_in_uld_batch_with_reference_tokens(uld_bundle, forget_file, tmp_path):
     """The trainer's output is a bundle the product serves: uld-batch on it gives the reference decoder's tokens."""
     import pyarrow as pa

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 
 from uld_vllm.batch.config import BatchConfig, BatchError
 from uld_vllm.batch.job import run
-from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
+from uld_vllm.engine import DTYPE_ENV, DTYPES, in_process_engine_core, quiet_vllm
 from uld_vllm.errors import command
 
 
@@ -72,10 +71,8 @@ def parse_engine_args(pairs: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_vllm(args.verbose)
-    # In-process engine core: an error while the engine loads the bundle (NaN weights, ...) reaches us as our one
-    # line instead of "Engine core initialization failed" after a child's traceback. Set VLLM_ENABLE_V1_MULTIPROCESSING=1
-    # to overlap output processing with the model in a separate core process; --ray gives parallel engines.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # VLLM_ENABLE_V1_MULTIPROCESSING=1 overlaps output processing with the model; --ray gives parallel engines.
+    in_process_engine_core()
     options = {k: v for k, v in vars(args).items() if k not in ("engine_arg", "show", "verbose")}
     summary = run(BatchConfig(**options, engine_args=parse_engine_args(args.engine_arg)))
     if args.show > 0:

@@ -38,7 +38,7 @@ SPEED_ONLY_ENGINE_ARGS = frozenset(
 DEFAULT_CONTEXT_CAP = 8192  # KV-cache memory: a default context never asks for more than this per sequence
 # The mini-TOFU bundle (a small Llama trained from scratch, uld-minitofu default-model) and its example prompts: the
 # fast fixtures of the tests, and a model to try uld-batch on in seconds.
-MINI_BUNDLE = Path(__file__).resolve().parent.parent / "default_model"
+MINI_BUNDLE = Path(__file__).resolve().parent.parent / "mini-tofu"
 MINI_PROMPTS = MINI_BUNDLE / "prompts.parquet"
 
 

@@ -20,7 +20,6 @@ params, but in Ray 2.60 its engine stage keeps only `outputs[0]` of each request
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,9 @@ class _Replica:
     """A Ray Data actor: one ULD engine; turns chunks into part tables (Arrow IPC bytes)."""
 
     def __init__(self, config: BatchConfig, spec: InputSpec, bundle: str) -> None:
-        # In-process engine core: killing this actor kills its engine, and nothing is orphaned.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from uld_vllm.engine import has_cuda, make_llm
+        from uld_vllm.engine import has_cuda, in_process_engine_core, make_llm
+
+        in_process_engine_core()
 
         self.config = config
         self.spec = spec

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from uld_vllm.engine import DTYPE_ENV, DTYPES, quiet_vllm
+from uld_vllm.engine import DTYPE_ENV, DTYPES, in_process_engine_core, quiet_vllm
 from uld_vllm.errors import command
 from uld_vllm.eval.data import SPLIT_FILES
 from uld_vllm.eval.metrics import aggregate, load_eval_logs
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     quiet_vllm(args.verbose)
+    in_process_engine_core()
     settings = EvalSettings(
         model=args.model,
         data=args.data,

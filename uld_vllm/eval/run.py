@@ -376,10 +376,12 @@ def _evaluate_shard(
     max_model_len: int,
     engine_args: dict[str, Any],
 ) -> tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]:
-    # In-process engine core: killing the task kills its engine, and nothing is orphaned.
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers import AutoTokenizer
+
+    from uld_vllm.engine import in_process_engine_core
+
+    in_process_engine_core()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
     timings = EvalTimings()
