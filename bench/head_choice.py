@@ -27,21 +27,17 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.steps import clock_steps  # noqa: E402
-from bench.throughput import (  # noqa: E402
-    RESULTS,
-    _switch_head,
-    engine_spec,
-    spec_requests,
-    start_engine,
-    timed_generate,
-)
+from bench.throughput_parts.engine import start_engine, switch_head, timed_generate  # noqa: E402
+from bench.throughput_parts.models import engine_spec  # noqa: E402
+from bench.throughput_parts.settings import RESULTS  # noqa: E402
+from bench.throughput_parts.workloads import spec_requests  # noqa: E402
 
 PARTS = ("run", "model", "logits")  # whole run, forward + compute_logits, compute_logits alone
 
 
 def timed_run(llm, inputs: list[dict], params: list, head_on: bool) -> dict[str, float]:
     """Seconds of one generate call with the head on or off, and of its model parts."""
-    llm.apply_model(partial(_switch_head, on=head_on))
+    llm.apply_model(partial(switch_head, on=head_on))
     seconds, steps, _ = timed_generate(llm, inputs, params)
     return {
         "run": seconds,

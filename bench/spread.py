@@ -24,9 +24,16 @@ import time
 from pathlib import Path
 from statistics import median
 
+from tqdm import tqdm
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench import throughput  # noqa: E402  (sets the process's environment, huge pages included, before torch)
+# Importing bench/throughput.py's parts sets the process's environment, huge pages included, before torch loads.
 from bench.steps import best_steps, clock_steps, steps_speedup, take_steps  # noqa: E402
+from bench.throughput_parts.engine import start_engine  # noqa: E402
+from bench.throughput_parts.models import engine_spec  # noqa: E402
+from bench.throughput_parts.settings import RESULTS, SYSTEMS  # noqa: E402
+from bench.throughput_parts.workers import rotated  # noqa: E402
+from bench.throughput_parts.workloads import spec_requests  # noqa: E402
 
 
 def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> dict:
@@ -36,10 +43,10 @@ def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> di
     from uld_vllm.engine import shutdown_llm
 
     copies = [(system, copy) for system in systems for copy in "AB"]
-    engines = {key: throughput.start_engine(key[0], spec) for key in copies}
+    engines = {key: start_engine(key[0], spec) for key in copies}
     for llm in engines.values():
         llm.apply_model(clock_steps)
-    requests = throughput.spec_requests(spec)
+    requests = spec_requests(spec)
     seconds: dict = {system: {} for system in systems}
     try:
         for size in sizes:
@@ -49,8 +56,8 @@ def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> di
                 llm.generate(inputs, params, use_tqdm=False)
             times: dict = {key: [] for key in copies}
             steps: dict = {key: [] for key in copies}
-            for round in throughput.tqdm(range(rounds), desc=f"batch {size}", unit="round"):
-                for key in throughput.rotated(copies, round):
+            for round in tqdm(range(rounds), desc=f"batch {size}", unit="round"):
+                for key in rotated(copies, round):
                     engines[key].apply_model(take_steps)
                     begin = time.perf_counter()
                     engines[key].generate(inputs, params, use_tqdm=False)
@@ -68,8 +75,8 @@ def measure(systems: list[str], spec: dict, sizes: list[int], rounds: int) -> di
 
 
 def write_report(report: dict, name: str) -> None:
-    throughput.RESULTS.mkdir(parents=True, exist_ok=True)
-    (throughput.RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     lines = [
         "# Identical engines side by side: how far apart two copies of the same system land",
@@ -96,7 +103,7 @@ def write_report(report: dict, name: str) -> None:
         "Model time step by step: each copy's rounds rebuilt from every engine step's fastest round (its forward and "
         "compute_logits, bench/steps.py), the sum over the round's steps compared.",
     ]
-    (throughput.RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -117,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", help="results as spread-TAG.*")
     args = parser.parse_args(argv)
     systems = args.systems.split(",")
-    unknown = [s for s in systems if s not in throughput.SYSTEMS or s == "hf-reference"]
+    unknown = [s for s in systems if s not in SYSTEMS or s == "hf-reference"]
     if unknown:
         parser.error(f"not a vLLM system of bench/throughput.py: {', '.join(unknown)}")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    work, spec = throughput.engine_spec(Path(args.work), "bench", None, sizes)
+    work, spec = engine_spec(Path(args.work), "bench", None, sizes)
     os.environ.setdefault("VLLM_CACHE_ROOT", str(work / "vllm-cache" / "engines"))  # throughput.py's compiled graphs
     report = {
         "command": " ".join(

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny ULD bundles built offline from a seed (uld_vllm.testing), once per test session.
+"""Shared fixtures: tiny ULD bundles built offline from a seed (uld_vllm.random_models), once per test session.
 
 Every test directory (tests/, tests/engine/, tests/train/) sees these. A bundle fixture is the bundle directory;
 its ingredients sit beside it: `bundle.parent / "target"` (HF checkpoint + tokenizer) and `bundle.parent /
@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers import torch_threads  # noqa: E402
 
-from uld_vllm.testing import build_test_bundle  # noqa: E402
+from uld_vllm.random_models import build_random_bundle  # noqa: E402
 
 SEED = 0
 
@@ -108,7 +108,7 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
         )
         if key not in cache:
             name = f"{family}-{assistant}-f{filter}-w{weight}-L{layers}-K{assistant_layers}-tie{int(tie_word_embeddings)}-h{hidden}-s{seed}"
-            cache[key] = build_test_bundle(
+            cache[key] = build_random_bundle(
                 tmp_path_factory.mktemp(name),
                 family=family,
                 layers=layers,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,3 +116,25 @@ def edit_tensors(path: Path, edit: Callable[[dict], None]) -> None:
     tensors = load_file(path)
     edit(tensors)
     save_file(tensors, path)
+
+
+def count_model_reads(monkeypatch, model: Path) -> Counter[str]:
+    """Counts, from now on, uld's reads of `model`'s config.json and of adapter weights: {"config": n, "adapter": m}.
+    (vLLM and transformers parse the config themselves with open(), which this does not count.)"""
+    import uld_vllm.assistant
+
+    counts: Counter[str] = Counter()
+    read_text, read_adapter = Path.read_text, uld_vllm.assistant.read_adapter_weights
+
+    def counted_read_text(self, *args, **kwargs):
+        if self.name == "config.json" and self.parent.resolve() == model.resolve():
+            counts["config"] += 1
+        return read_text(self, *args, **kwargs)
+
+    def counted_adapter(directory, *args, **kwargs):
+        counts["adapter"] += 1
+        return read_adapter(directory, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted_read_text)
+    monkeypatch.setattr(uld_vllm.assistant, "read_adapter_weights", counted_adapter)
+    return counts

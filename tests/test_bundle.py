@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from uld_vllm.assistant import AssistantError, check_finite
 from uld_vllm.bundle import ARCHITECTURE, BundleError, assistant_layer_tensors, build_bundle, main, read_bundle
-from uld_vllm.testing import build_full_assistant, build_lora_assistant, build_target, build_tokenizer
+from uld_vllm.random_models import build_full_assistant, build_lora_assistant, build_target, build_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -36,7 +36,9 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
             else:
                 module = node.module or ""
             # `from package import module` imports that module; `from module import name` imports the module
-            targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module for alias in node.names]
+            targets = [
+                f"{module}.{alias.name}" if f"{module}.{alias.name}" in known else module for alias in node.names
+            ]
         else:
             continue
         edges |= {target for target in targets if target in known and target != name}

@@ -133,7 +133,7 @@ def test_train_config_keeps_specs_as_written(tmp_path, monkeypatch):
 
 def test_uld_train_cli_takes_specs(capsys, tmp_path):
     """A spec gets as far as the data: a missing target is the error; with a target, a bad name is the data error."""
-    from uld_vllm.testing import build_target
+    from uld_vllm.random_models import build_target
 
     argv = ["--forget", "tofu:forget05", "--retain", "tofu:retain95", "--output", tmp_path / "out", "--no-progress"]
     assert "target checkpoint directory not found" in refusal(

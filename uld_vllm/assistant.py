@@ -200,9 +200,9 @@ def adapter_depth(adapter_dir: str | Path) -> int:
     return max(i for i in indices if i is not None) + 1
 
 
-def merge_lora(base: dict[str, torch.Tensor], adapter_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Base layer tensors with the adapter's updates added (new tensors; base's dtype kept)."""
+def merge_lora(base: dict[str, torch.Tensor], pairs: Mapping[str, LoraPair]) -> dict[str, torch.Tensor]:
+    """Base layer tensors with checked LoRA pairs' updates added (new tensors; base's dtype kept)."""
     merged = dict(base)
-    for name, pair in check_adapter(adapter_dir, {n: tuple(t.shape) for n, t in base.items()}).items():
+    for name, pair in pairs.items():
         merged[name] = (base[name].float() + pair.delta()).to(base[name].dtype)
     return merged

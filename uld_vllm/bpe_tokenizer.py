@@ -1,5 +1,5 @@
 """The byte-level BPE tokenizer of the models this project trains from scratch: the mini-TOFU study's and the test
-fixtures' (uld_vllm.testing). Saved as transformers tokenizer files that transformers and vLLM load offline.
+fixtures' (uld_vllm.random_models). Saved as transformers tokenizer files that transformers and vLLM load offline.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import json
 import math
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -75,6 +75,14 @@ class ULDSettings:
     assistant_format: Literal["full", "lora"] = "lora"  # how BUNDLE/assistant/ stores the K layers
     version: int = FORMAT_VERSION
 
+    def overridden(self, weight: float | None = None, filter: float | None = None) -> ULDSettings:
+        """These settings with a run's weight/filter (None keeps the bundle's), checked when anything changed."""
+        if weight is None and filter is None:
+            return self
+        weight = self.weight if weight is None else weight
+        filter = self.filter if filter is None else filter
+        return replace(self, weight=weight, filter=filter).validated()
+
     def validated(self) -> ULDSettings:
         check_weight_filter(self.weight, self.filter)
         if self.assistant_format not in ("full", "lora"):
@@ -97,7 +105,10 @@ def check_weight_filter(weight: float, filter: float) -> None:
 class Bundle:
     path: Path
     config: dict  # the bundle's config.json
-    settings: ULDSettings
+    settings: ULDSettings  # the "uld" section, with a run's weight/filter overrides once preflight has applied them
+    # A LoRA assistant's pairs once checked against the target (preflight): what the engine and the reference load,
+    # so the adapter is read once per process. None until checked (or for a full assistant).
+    lora: dict[str, LoraPair] | None = field(default=None, compare=False, repr=False)
 
     @property
     def assistant_dir(self) -> Path:
@@ -108,7 +119,7 @@ class Bundle:
         return self.config["num_hidden_layers"]
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str) -> dict:
     if not path.exists():
         raise BundleError(f"{what} not found: {path}")
     try:
@@ -117,12 +128,12 @@ def _read_json(path: Path, what: str) -> dict:
         raise BundleError(f"{what} is not valid JSON: {path} ({e.msg} at line {e.lineno})") from None
 
 
-def read_bundle(path: str | Path) -> Bundle:
-    """Open and validate a bundle's metadata (cheap: reads no weights)."""
+def read_bundle(path: str | Path, config: dict | None = None) -> Bundle:
+    """Open and validate a bundle's metadata (cheap: reads no weights); `config`: its config.json, if already read."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"ULD bundle directory not found: {path}")
-    config = _read_json(path / "config.json", "bundle config")
+    config = read_json(path / "config.json", "bundle config") if config is None else config
     if ARCHITECTURE not in config.get("architectures", []) or "uld" not in config:
         raise BundleError(
             f"{path} is not a ULD bundle (config.json lacks architectures [{ARCHITECTURE!r}] and a 'uld' section)"
@@ -167,12 +178,9 @@ def check_vocab(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> None:
         )
 
 
-def check_assistant_fits(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> None:
-    """The assistant's layers against the target's shapes (`shapes`, from headers): a LoRA adapter is read and checked
-    whole (it is small); a full assistant by its headers. Its weights' values are checked when the engine loads them."""
-    if bundle.settings.assistant_format == "lora":
-        assistant_lora(bundle, shapes)
-        return
+def check_full_assistant_shapes(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A full assistant's layers against the target's shapes (`shapes`), both from headers. Its weights' values are
+    checked when the engine loads them. (A LoRA adapter is checked whole by assistant_lora: it is small.)"""
     own = _assistant_shapes(bundle, shapes)
     try:
         for name, shape in weight_shapes(bundle.assistant_dir).items():
@@ -190,7 +198,10 @@ def _assistant_shapes(bundle: Bundle, shapes: dict[str, tuple[int, ...]]) -> dic
 
 
 def assistant_lora(bundle: Bundle, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, LoraPair]:
-    """A LoRA bundle's adapter, checked against the target's first K layers (`shapes`: from the headers when None)."""
+    """A LoRA bundle's adapter, checked against the target's first K layers (`shapes`: from the headers when None);
+    the pairs preflight checked when the bundle carries them."""
+    if bundle.lora is not None:
+        return bundle.lora
     shapes = weight_shapes(bundle.path) if shapes is None else shapes
     try:
         return check_adapter(bundle.assistant_dir, _assistant_shapes(bundle, shapes))
@@ -209,13 +220,27 @@ def assistant_layer_tensors(bundle: Bundle) -> dict[str, torch.Tensor]:
 
     try:
         if bundle.settings.assistant_format == "lora":
-            return merge_lora(read_tensors(bundle.path, in_assistant), bundle.assistant_dir)
+            return merge_lora(read_tensors(bundle.path, in_assistant), assistant_lora(bundle))
         tensors = read_tensors(bundle.assistant_dir, in_assistant)
         for name, tensor in tensors.items():
             check_finite(name, tensor, "assistant")
         return tensors
     except AssistantError as e:
         raise BundleError(str(e)) from None
+
+
+# A bundle preflight checked, handed to the engine that make_llm starts in this process (vLLM builds the model from
+# a path, so the checked value travels beside it): the model takes it instead of reading and checking it again. An
+# engine core in another process (vllm serve, VLLM_ENABLE_V1_MULTIPROCESSING=1) finds nothing and checks for itself.
+_HANDED_OVER: dict[str, Bundle] = {}
+
+
+def hand_over(bundle: Bundle) -> None:
+    _HANDED_OVER[str(bundle.path.resolve())] = bundle
+
+
+def take_handed_over(path: str | Path) -> Bundle | None:
+    return _HANDED_OVER.pop(str(Path(path).resolve()), None)
 
 
 # ----------------------------------------------------------------------------------------------------------- builder
@@ -242,7 +267,7 @@ def _check_tokenizers(target: Path, assistant: Path) -> None:
 
 
 def _check_full_assistant(target_dir: Path, target_config: dict, assistant_dir: Path) -> int:
-    config = _read_json(assistant_dir / "config.json", "assistant config")
+    config = read_json(assistant_dir / "config.json", "assistant config")
     check_family(config, "assistant")
     if config["model_type"] != target_config["model_type"]:
         raise BundleError(
@@ -282,7 +307,7 @@ def build_bundle(
         raise BundleError(f"target checkpoint directory not found: {target}")
     if not assistant.is_dir():
         raise BundleError(f"assistant directory not found: {assistant}")
-    target_config = _read_json(target / "config.json", "target config")
+    target_config = read_json(target / "config.json", "target config")
     if "uld" in target_config:
         raise BundleError(f"target {target} is itself a ULD bundle; pass the plain target checkpoint")
     try:

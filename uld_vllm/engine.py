@@ -11,18 +11,22 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from uld_vllm.bundle import (
+    ARCHITECTURE,
     Bundle,
     BundleError,
-    check_assistant_fits,
+    assistant_lora,
+    check_full_assistant_shapes,
     check_vocab,
-    check_weight_filter,
+    hand_over,
     read_bundle,
+    read_json,
     weight_shapes,
 )
 from uld_vllm.errors import UldError
@@ -76,86 +80,84 @@ def resolve_dtype(dtype: str | None) -> str:
     return check_dtype(dtype, "--dtype") if dtype else default_dtype()
 
 
-def default_llm_kwargs() -> dict[str, Any]:
+def default_llm_kwargs(given: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`given` over the defaults; the default dtype is resolved only where none is given."""
+    given = given or {}
     # On CPU, gpu_memory_utilization is the fraction of host memory given to vLLM (KV cache included).
-    return {"dtype": default_dtype(), "gpu_memory_utilization": 0.85 if has_cuda() else 0.3}
+    defaults: dict[str, Any] = {"gpu_memory_utilization": 0.85 if has_cuda() else 0.3}
+    if "dtype" not in given:
+        defaults["dtype"] = default_dtype()
+    return defaults | given
 
 
-def preflight(bundle: str | Path, weight: float | None = None, filter: float | None = None) -> Bundle:
+@dataclass(frozen=True)
+class CheckedModel:
+    """A model as check_model found it, which every later step takes instead of reading it again: a ULD bundle (its
+    settings with the run's weight/filter, its checked LoRA pairs) or a plain HF checkpoint (`bundle` None)."""
+
+    path: Path
+    config: dict  # config.json
+    bundle: Bundle | None = None
+
+
+def preflight(
+    bundle: str | Path, weight: float | None = None, filter: float | None = None, config: dict | None = None
+) -> Bundle:
     """The cheap checks that can fail before an engine starts: config, family, K, weight/filter, tensor shapes (from
-    the safetensors headers), vocab, tokenizer, adapter. No weight data of the target is read here: NaN/inf are
-    refused as vLLM streams the weights in (`ULDForCausalLM.load_weights`), so a 70B target is read once."""
-    bundle = read_bundle(bundle)
-    s = bundle.settings
-    check_weight_filter(s.weight if weight is None else weight, s.filter if filter is None else filter)
+    the safetensors headers), vocab, tokenizer, adapter. Returns the bundle with the overrides applied and its LoRA
+    pairs checked. No weight data of the target is read here: NaN/inf are refused as vLLM streams the weights in
+    (`ULDForCausalLM.load_weights`), so a 70B target is read once."""
+    bundle = read_bundle(bundle, config)
+    bundle = replace(bundle, settings=bundle.settings.overridden(weight, filter))
     shapes = weight_shapes(bundle.path)
     check_vocab(bundle, shapes)
-    check_assistant_fits(bundle, shapes)
+    if bundle.settings.assistant_format == "lora":
+        return replace(bundle, lora=assistant_lora(bundle, shapes))
+    check_full_assistant_shapes(bundle, shapes)
     return bundle
 
 
-def is_bundle(model: str | Path) -> bool:
-    """A ULD bundle's config names the ULD architecture; anything else is served as a plain HF checkpoint."""
-    import json
-
-    from uld_vllm.bundle import ARCHITECTURE
-
-    if not Path(model).is_dir():
+def check_model(model: str | Path, weight: float | None = None, filter: float | None = None) -> CheckedModel:
+    """Reads the model's config.json once: preflight for a ULD bundle (its config names the ULD architecture); for a
+    plain HF checkpoint (the target alone, a baseline, a retain model) its config, refusing ULD overrides it has
+    nothing to apply to."""
+    path = Path(model)
+    if not path.is_dir():
         raise BundleError(f"model not found: {model} (expected a ULD bundle or an HF checkpoint directory)")
-    config = Path(model) / "config.json"
-    if not config.is_file():
+    if not (path / "config.json").is_file():
         raise BundleError(f"model not found: {model} has no config.json (expected a ULD bundle or an HF checkpoint)")
-    try:
-        return ARCHITECTURE in json.loads(config.read_text()).get("architectures", [])
-    except json.JSONDecodeError:
-        raise BundleError(f"model {model}: config.json is not valid JSON") from None
-
-
-def check_model(model: str | Path, weight: float | None = None, filter: float | None = None) -> dict[str, Any]:
-    """preflight for a bundle; for a plain HF checkpoint (the target alone, a baseline, a retain model) its config,
-    refusing ULD overrides it has nothing to apply to. Returns the model's config."""
-    import json
-
-    if is_bundle(model):
-        return preflight(model, weight, filter).config
+    config = read_json(path / "config.json", f"model {model}: config.json")
+    if ARCHITECTURE in config.get("architectures", []):
+        bundle = preflight(path, weight, filter, config)
+        return CheckedModel(path, config, bundle)
     if weight is not None or filter is not None:
         raise BundleError(f"--weight/--filter apply to ULD bundles; {model} is a plain HF checkpoint")
-    return json.loads((Path(model) / "config.json").read_text())
+    return CheckedModel(path, config)
 
 
-def make_llm(
-    bundle: str | Path,
-    weight: float | None = None,
-    filter: float | None = None,
-    check: bool = True,
-    **llm_kwargs: Any,
-):
-    """A `vllm.LLM` serving ULD from `bundle`, with weight/filter overrides passed as hf_overrides; plain vLLM when
-    `bundle` is a plain HF checkpoint.
-
-    check=False skips the checks for callers that already ran them (uld-batch checks once, before any replica starts).
-    """
+def make_llm(model: str | Path | CheckedModel, **llm_kwargs: Any):
+    """A `vllm.LLM` serving ULD from a bundle, plain vLLM for a plain HF checkpoint; `model` is checked here unless
+    check_model already did (pass its result, with the run's weight/filter applied)."""
     from vllm import LLM
 
-    if not is_bundle(bundle):
-        if check:
-            check_model(bundle, weight, filter)
+    model = model if isinstance(model, CheckedModel) else check_model(model)
+    kwargs = default_llm_kwargs(llm_kwargs)
+    if model.bundle is None:
         with engine_errors_as_one_line():
-            return LLM(model=str(bundle), **(default_llm_kwargs() | llm_kwargs))
+            return LLM(model=str(model.path), **kwargs)
 
-    if int(llm_kwargs.get("pipeline_parallel_size", 1)) > 1:
+    if int(kwargs.get("pipeline_parallel_size", 1)) > 1:
         # ULDForCausalLM concatenates both streams' final hidden states, which intermediate pipeline ranks never hold.
         raise BundleError("pipeline parallelism is not supported for ULD bundles yet (use tensor_parallel_size)")
-    if check:
-        preflight(bundle, weight, filter)
-    overrides = dict(llm_kwargs.pop("hf_overrides", None) or {})
-    if weight is not None:
-        overrides["uld_weight"] = float(weight)
-    if filter is not None:
-        overrides["uld_filter"] = float(filter)
-    kwargs = default_llm_kwargs() | llm_kwargs
+    settings = model.bundle.settings
+    # An engine core in another process reads the bundle itself: the overrides travel in its config.
+    overrides = dict(kwargs.pop("hf_overrides", None) or {}) | {
+        "uld_weight": settings.weight,
+        "uld_filter": settings.filter,
+    }
+    hand_over(model.bundle)
     with engine_errors_as_one_line():
-        return LLM(model=str(bundle), hf_overrides=overrides or None, **kwargs)
+        return LLM(model=str(model.path), hf_overrides=overrides, **kwargs)
 
 
 @contextmanager

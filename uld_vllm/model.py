@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import importlib
 import time
 from collections.abc import Iterable, Iterator
@@ -26,12 +25,12 @@ from vllm.sequence import IntermediateTensors
 from uld_vllm.assistant import FAMILIES, AssistantError, assistant_config, check_family, check_finite
 from uld_vllm.bundle import (
     ASSISTANT_DIR,
+    Bundle,
     BundleError,
     ULDSettings,
     assistant_layer_tensors,
     assistant_lora,
-    check_weight_filter,
-    read_bundle,
+    take_handed_over,
 )
 from uld_vllm.combine import Mode, combine, relative_top_mask
 from uld_vllm.fused import RawLogits, fused_backend
@@ -59,25 +58,29 @@ def _family_class(model_type: str) -> type[nn.Module]:
     return getattr(module, FAMILIES[model_type])
 
 
-def engine_settings(hf_config) -> ULDSettings:
-    """The bundle's ULD settings with engine-time overrides (`hf_overrides={"uld_weight": w, "uld_filter": r}`)."""
-    settings = ULDSettings(**hf_config.uld).validated()
-    weight = getattr(hf_config, "uld_weight", None)
-    filter = getattr(hf_config, "uld_filter", None)
-    weight = settings.weight if weight is None else float(weight)
-    filter = settings.filter if filter is None else float(filter)
-    check_weight_filter(weight, filter)
-    return dataclasses.replace(settings, weight=weight, filter=filter)
+def engine_bundle(vllm_config: VllmConfig) -> Bundle:
+    """The bundle this engine serves: the one make_llm checked and handed over in this process, else (an engine core
+    in its own process: vllm serve) read from vLLM's parsed config, with the overrides vLLM applied to it
+    (`hf_overrides={"uld_weight": w, "uld_filter": r}`) checked here; its adapter is then checked as it loads."""
+    path = vllm_config.model_config.model
+    handed_over = take_handed_over(path)
+    if handed_over is not None:
+        return handed_over
+    hf_config = vllm_config.model_config.hf_config
+    if not hasattr(hf_config, "uld"):
+        raise BundleError(f"{path} has no 'uld' config section: not a ULD bundle")
+    overrides = getattr(hf_config, "uld_weight", None), getattr(hf_config, "uld_filter", None)
+    settings = ULDSettings(**hf_config.uld)
+    settings = settings.validated() if overrides == (None, None) else settings.overridden(*overrides)
+    return Bundle(path=Path(path), config=hf_config.to_dict(), settings=settings)
 
 
 class ULDForCausalLM(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         config = vllm_config.model_config.hf_config
-        if not hasattr(config, "uld"):
-            raise BundleError(f"{vllm_config.model_config.model} has no 'uld' config section: not a ULD bundle")
-        self.settings = engine_settings(config)
-        self.bundle_path = vllm_config.model_config.model
+        self.bundle = engine_bundle(vllm_config)
+        self.settings = self.bundle.settings
         try:
             family = _family_class(check_family(config))
         except AssistantError as e:
@@ -209,13 +212,10 @@ class ULDForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = {f"target.{name}" for name in self.target.load_weights(_checked(weights, "target"))}
-        bundle = read_bundle(self.bundle_path)
-        if bundle.settings.assistant_layers != self.settings.assistant_layers:
-            raise BundleError(f"bundle {self.bundle_path} changed while loading (assistant layers)")
         if self.shared:
-            wrap_layers(self.target.model.layers, self.assistant_attention, assistant_lora(bundle))
+            wrap_layers(self.target.model.layers, self.assistant_attention, assistant_lora(self.bundle))
             return loaded
-        layers = assistant_layer_tensors(bundle)  # layers 0..K-1 only; shared tensors are the target's
+        layers = assistant_layer_tensors(self.bundle)  # layers 0..K-1 only; shared tensors are the target's
         loaded |= {f"assistant.{name}" for name in self.assistant.load_weights(layers.items())}
         return loaded
 

@@ -1,6 +1,6 @@
 """Random models built offline from a seed: tokenizers, target models, assistants and bundles (no hub, ever).
 
-The benchmarks' models and, through uld_vllm.testing, the test suite's fixtures; deterministic, so a seed names a model.
+The benchmarks' models and the test suite's fixtures; deterministic, so a seed names a model.
 """
 
 from __future__ import annotations

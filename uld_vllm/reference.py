@@ -6,13 +6,14 @@ batches, greedy and sampled decoding, and teacher-forced scoring. The math is `u
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from uld_vllm.assistant import assistant_config
-from uld_vllm.bundle import Bundle, assistant_layer_tensors, check_weight_filter, read_bundle
+from uld_vllm.bundle import Bundle, assistant_layer_tensors, read_bundle
 from uld_vllm.combine import Mode, combine
 
 
@@ -54,7 +55,7 @@ class ReferenceDecoder:
     """ULD over a target and an assistant HF model sharing one tokenizer vocabulary."""
 
     def __init__(self, target, assistant, weight: float, filter: float) -> None:
-        check_weight_filter(weight, filter)
+        """weight and filter as checked settings (from_bundle checks a bundle's and its overrides)."""
         self.target = target.eval()
         self.assistant = assistant.eval()
         self.weight = weight
@@ -71,6 +72,8 @@ class ReferenceDecoder:
         from transformers import AutoModelForCausalLM
 
         bundle = bundle if isinstance(bundle, Bundle) else read_bundle(bundle)
+        if weight is not None or filter is not None:
+            bundle = dataclasses.replace(bundle, settings=bundle.settings.overridden(weight, filter))
         # The bundle's top-level safetensors are the target's; transformers picks the class from model_type.
         target = AutoModelForCausalLM.from_pretrained(bundle.path, dtype=dtype)
         config = assistant_config(target.config, bundle.settings.assistant_layers)
@@ -80,8 +83,7 @@ class ReferenceDecoder:
         assistant.load_state_dict({k: v for k, v in state.items() if k in assistant.state_dict()}, strict=True)
         if assistant.config.tie_word_embeddings:
             assistant.tie_weights()
-        s = bundle.settings
-        return cls(target, assistant, s.weight if weight is None else weight, s.filter if filter is None else filter)
+        return cls(target, assistant, bundle.settings.weight, bundle.settings.filter)
 
     @classmethod
     def single(cls, model) -> ReferenceDecoder:

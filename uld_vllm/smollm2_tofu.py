@@ -73,8 +73,6 @@ def study() -> dict:
 def assemble(names: tuple[str, ...] | None = None) -> dict[str, Path]:
     """The study's models in the cache, merged from the committed adapters: model name -> its HF checkpoint, and
     "uld" -> the ULD bundle (the target plus the assistant that forgets ULD_SPLIT); `names` picks some (default all)."""
-    from uld_vllm.bundle import read_bundle
-
     settings = study()["uld"]
     names = tuple(model_authors()) + ("uld",) if names is None else names
     unknown = sorted(set(names) - set(model_authors()) - {"uld"})
@@ -105,5 +103,4 @@ def assemble(names: tuple[str, ...] | None = None) -> dict[str, Path]:
             link_target=True,
         )
         marker.write_text(json.dumps(stamp, indent=2) + "\n")
-    read_bundle(bundle)
     return models | {"uld": bundle}

@@ -107,7 +107,7 @@ def test_ray_batch_resumes_and_with_a_replica_killed_mid_job_writes_every_row_ex
     output = tmp_path / "out.parquet"
     job = config(inputs, output, bundle, ray=True, num_replicas=2)
     # A previous run committed rows 0-10: chunk 0 whole, chunk 1 in part (its rows 8-10 travel as the chunk's skips).
-    work = WorkDir(output, job.job(resolve_inputs(job.input))).begin()
+    work = WorkDir(output, job.job([f.path for f in resolve_inputs(job.input)])).begin()
     for first, stop in ((0, 8), (8, 11)):
         done = single_process_output.slice(first, stop - first)
         work.commit(done.append_column("_row", pa.array(range(first, stop), pa.int64())))
@@ -144,14 +144,14 @@ def test_a_chunk_and_its_part_survive_the_trip_to_a_replica_and_back(bundle, tmp
     from transformers import AutoTokenizer
 
     from uld_vllm.batch.config import BatchConfig
-    from uld_vllm.batch.plan import Chunk, plan_input
+    from uld_vllm.batch.plan import Chunk, plan_input, resolve_inputs
     from uld_vllm.batch.ray_pool import chunk_item, from_ipc, to_ipc
 
     messages = [[{"role": "user", "content": f"hi {i}"}] for i in range(5)]
     path = tmp_path / "chat.parquet"
     pq.write_table(pa.table({"messages": messages, "k": [[i, i] for i in range(5)]}), path)
     config = BatchConfig(input=str(path), output="unused", batch_size=2, max_model_len=64)
-    plan = plan_input(config, AutoTokenizer.from_pretrained(bundle), [path])
+    plan = plan_input(config, AutoTokenizer.from_pretrained(bundle), resolve_inputs(str(path)))
     for chunk in plan.chunks:
         item = chunk_item(chunk)
         back = Chunk(item["first_row"], item["num_rows"], from_ipc(item["rows"]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import batch_config, write_prompts
+from helpers import batch_config, count_model_reads, write_prompts
 
 from uld_vllm.batch import run
 from uld_vllm.reference import ReferenceDecoder
@@ -170,3 +170,49 @@ def counted_read_table(read_table, rows_read: Counter[str]):
         return table
 
     return wrapper
+
+
+def test_a_job_reads_its_model_and_input_files_once_and_builds_each_rows_sampling_params_once(
+    bundle, tmp_path, monkeypatch
+):
+    """uld's own reads in one job (vLLM parses the config itself, once, to build its engine): the bundle's config
+    and its adapter once, each input file's footer once; with sampling columns, each row's SamplingParams once."""
+    import uld_vllm.batch.generate
+    import uld_vllm.batch.sampling
+
+    rows = 10
+    path = write_prompts(tmp_path / "in.parquet", rows, top_k=[1 + i % 3 for i in range(rows)])
+    reads = count_model_reads(monkeypatch, bundle)
+    footers: Counter[str] = Counter()
+    params_rows: Counter[int] = Counter()
+
+    init, read_schema, read_metadata = pq.ParquetFile.__init__, pq.read_schema, pq.read_metadata
+
+    def counted_init(self, source, *args, **kwargs):
+        footers[str(source)] += 1
+        init(self, source, *args, **kwargs)
+
+    def counted_footer(read):
+        def wrapper(source, *args, **kwargs):
+            footers[str(source)] += 1
+            return read(source, *args, **kwargs)
+
+        return wrapper
+
+    params_for = uld_vllm.batch.sampling.sampling_params_for
+
+    def counted_params(config, row, overrides):
+        params_rows[row] += 1
+        return params_for(config, row, overrides)
+
+    monkeypatch.setattr(pq.ParquetFile, "__init__", counted_init)
+    monkeypatch.setattr(pq, "read_schema", counted_footer(read_schema))
+    monkeypatch.setattr(pq, "read_metadata", counted_footer(read_metadata))
+    monkeypatch.setattr(uld_vllm.batch.sampling, "sampling_params_for", counted_params)
+    monkeypatch.setattr(uld_vllm.batch.generate, "sampling_params_for", counted_params)
+
+    summary = run(batch_config(bundle, path, tmp_path / "out.parquet", batch_size=4, max_tokens=2))
+    assert summary.written == rows
+    assert reads == {"config": 1, "adapter": 1}, reads
+    assert footers == {str(path): 1}, footers
+    assert params_rows == dict.fromkeys(range(rows), 1), params_rows

@@ -92,7 +92,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {
         ["--max-model-len", "100000"],
         "--max-model-len 100000 exceeds the model's context of",
     ),
-    "n > 1 greedy": (lambda d: write_prompts(d / "in.parquet", 3), ["--n", "2"], "--n > 1 needs sampling"),
+    "n > 1 greedy": (lambda d: write_prompts(d / "in.parquet", 3), ["--n", "2"], "n = 2 needs sampling"),
     "zero max tokens": (lambda d: write_prompts(d / "in.parquet", 3), ["--max-tokens", "0"], "must be >= 1"),
     "zero replicas": (
         lambda d: write_prompts(d / "in.parquet", 3),

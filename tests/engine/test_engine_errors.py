@@ -139,7 +139,7 @@ def test_pipeline_parallelism_is_refused_before_an_engine_starts(bundle_copy):
 @pytest.mark.vllm
 def test_settings_vllm_refuses_at_engine_construction_are_one_line(bundle_copy):
     with pytest.raises(UldError) as refused:
-        make_llm(bundle_copy, check=False, **(ENGINE_KWARGS | {"max_model_len": 100_000}))
+        make_llm(bundle_copy, **(ENGINE_KWARGS | {"max_model_len": 100_000}))
     message = str(refused.value)
     assert message.startswith("vLLM refused the engine settings") and "max_model_len" in message
     assert "\n" not in message

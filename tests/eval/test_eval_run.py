@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from eval_data import write_eval_dir
-from helpers import SMALL_ENGINE, refusal
+from helpers import SMALL_ENGINE, count_model_reads, refusal
 
 from uld_vllm.eval.cli import main
 from uld_vllm.eval.metrics import FORGET_LOG, REAL_AUTHORS_LOG, REAL_WORLD_LOG, RETAIN_LOG, load_eval_logs
@@ -60,6 +60,14 @@ def test_engine_eval_equals_the_reference_decoder(case, bundle_factory, data):
         assert log["rougeL_recall"] == want["rougeL_recall"]
         assert log["num_token_gt"] == want["num_token_gt"]
     assert engine.timings.scored_tokens == reference.timings.scored_tokens > 0
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("backend", ["vllm", "reference"])
+def test_an_evaluation_reads_the_bundles_config_and_adapter_once(backend, llama_bundle, data, monkeypatch):
+    reads = count_model_reads(monkeypatch, llama_bundle)
+    evaluate(settings(llama_bundle, data, backend=backend, splits=("forget",)))
+    assert reads == {"config": 1, "adapter": 1}, reads
 
 
 @pytest.mark.vllm

@@ -13,7 +13,7 @@ from train_toy import FORGET, RETAIN, write_jsonl
 from uld_train import losses
 from uld_train.data import QA, collate, encode_all
 from uld_train.models import load_tokenizer, logits
-from uld_vllm.testing import build_target
+from uld_vllm.random_models import build_target
 
 
 @pytest.fixture(autouse=True)

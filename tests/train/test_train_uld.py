@@ -19,8 +19,8 @@ from uld_train.loop import train
 from uld_train.models import build_assistant_base, load_tokenizer, logits
 from uld_vllm.assistant import LORA_TARGET_MODULES
 from uld_vllm.bundle import read_bundle
+from uld_vllm.random_models import build_target
 from uld_vllm.reference import ReferenceDecoder
-from uld_vllm.testing import build_target
 
 EPOCHS = 20  # 12 forget examples (4 QA + 8 paraphrases) in 3 micro-batches of 4: 60 steps, ~10 s on one core
 

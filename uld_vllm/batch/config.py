@@ -97,8 +97,13 @@ def check_options(config: BatchConfig) -> None:
         raise BatchError("--n, --max-tokens, --batch-size must be >= 1 and --max-model-len >= 2")
     if config.num_replicas < 1:
         raise BatchError("--num-replicas must be >= 1")
-    if config.n > 1 and config.temperature == 0.0:
-        raise BatchError("--n > 1 needs sampling (--temperature > 0): greedy decoding would repeat one completion")
+    check_n_sampling(config.n, config.temperature)
+
+
+def check_n_sampling(n: int, temperature: float) -> None:
+    """The job's values, and each row's with its sampling columns (uld_vllm.batch.sampling)."""
+    if n > 1 and temperature == 0.0:
+        raise BatchError(f"n = {n} needs sampling (temperature > 0): greedy decoding would repeat one completion")
 
 
 def default_bundle() -> Path:

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from uld_vllm.batch.config import ERROR_COLUMN, ROW, BatchConfig
 from uld_vllm.batch.plan import INTERNAL_COLUMNS, PROMPT_IDS, PROMPT_TEXT, ROW_ERROR, Chunk, InputSpec
-from uld_vllm.batch.sampling import row_overrides, sampling_params_for
+from uld_vllm.batch.sampling import sampling_params_for
 
 
 @dataclass
@@ -60,7 +60,7 @@ def generate_chunk(llm, config: BatchConfig, spec: InputSpec, chunk: Chunk) -> p
     if todo:
         results = llm.generate(
             [{"prompt_token_ids": token_ids[i]} for i in todo],
-            [sampling_params_for(config, row_ids[i], row_overrides(rows, i)) for i in todo],
+            [chunk.params[i] if chunk.params else sampling_params_for(config, row_ids[i], {}) for i in todo],
             use_tqdm=False,
         )
         outputs = dict(zip(todo, results, strict=True))

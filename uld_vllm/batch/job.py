@@ -63,22 +63,21 @@ def run(config: BatchConfig | None = None, **options: Any) -> BatchSummary:
     output = Path(config.output)
     check_output(output)
     check_options(config)
-    bundle = Path(config.model) if config.model else default_bundle()
     config = replace(config, dtype=resolve_dtype(config.dtype))  # the resume record holds the dtype that runs
-    model_config = check_model(bundle, config.weight, config.filter)
-    config = replace(config, max_model_len=context_length(model_config, config))
+    model = check_model(config.model or default_bundle(), config.weight, config.filter)
+    config = replace(config, max_model_len=context_length(model.config, config))
     files = resolve_inputs(config.input)
-    work = WorkDir(output, config.job(files))
-    plan = plan_input(config, load_tokenizer(bundle), files, done=work.done_rows())
+    work = WorkDir(output, config.job([f.path for f in files]))
+    plan = plan_input(config, load_tokenizer(model.path), files, done=work.done_rows())
     work.begin()
     if config.ray:
         from uld_vllm.batch.ray_pool import generate_with_ray
 
-        stats: GenerationStats = generate_with_ray(config, bundle, plan, work)
+        stats: GenerationStats = generate_with_ray(config, model, plan, work)
     else:
         from uld_vllm.batch.local import generate_locally
 
-        stats = generate_locally(config, bundle, plan, work)
+        stats = generate_locally(config, model, plan, work)
     written = work.merge_into(output)
     work.remove()
     bad = len(plan.bad)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uld_vllm.batch.config import BatchConfig, llm_kwargs
 from uld_vllm.batch.generate import GenerationStats, generate_chunk
 from uld_vllm.batch.plan import InputPlan
 from uld_vllm.batch.workdir import WorkDir
 
+if TYPE_CHECKING:
+    from uld_vllm.engine import CheckedModel
 
-def generate_locally(config: BatchConfig, bundle: Path, plan: InputPlan, work: WorkDir) -> GenerationStats:
+
+def generate_locally(config: BatchConfig, model: CheckedModel, plan: InputPlan, work: WorkDir) -> GenerationStats:
     from tqdm import tqdm
 
     from uld_vllm.engine import make_llm, shutdown_llm
@@ -20,7 +23,7 @@ def generate_locally(config: BatchConfig, bundle: Path, plan: InputPlan, work: W
     if not plan.chunks:
         return stats
     pending = sum(chunk.pending for chunk in plan.chunks)
-    llm = make_llm(bundle, config.weight, config.filter, check=False, **llm_kwargs(config))
+    llm = make_llm(model, **llm_kwargs(config))
     ready = time.time()
     try:
         with tqdm(total=plan.rows, initial=plan.rows - pending, desc="uld-batch", unit="row", disable=None) as bar:

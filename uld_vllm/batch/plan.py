@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from uld_vllm.batch.config import ERROR_COLUMN, OUTPUT_COLUMNS, ROW, BatchConfig, BatchError
-from uld_vllm.batch.sampling import check_overrides
+from uld_vllm.batch.sampling import override_params
 
 PROMPT_TEXT = "_prompt"  # the rendered prompt (chat template applied)
 PROMPT_IDS = "_prompt_ids"  # its token ids (null for a bad row)
@@ -37,14 +37,30 @@ class InputSpec:
     has_ids: bool  # the id column exists (else ids are global row numbers)
 
 
+@dataclass(frozen=True)
+class InputFile:
+    """An input parquet file, opened once: its footer gives the schema and the row count, and its rows are read
+    through the same handle."""
+
+    path: Path
+    parquet: pq.ParquetFile
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
 @dataclass
 class Chunk:
     """One part's worth of input: rows [first_row, first_row + num_rows), of which `rows` holds those still to
-    generate (done rows of a resumed job and rows skipped as bad are left out), input columns + INTERNAL_COLUMNS."""
+    generate (done rows of a resumed job and rows skipped as bad are left out), input columns + INTERNAL_COLUMNS.
+    `params`: each of those rows' SamplingParams where the input has sampling columns (the plan built them to check
+    the values; generate uses them), else None (generate builds each row's from the job's values)."""
 
     first_row: int
     num_rows: int
     rows: pa.Table
+    params: list | None = None
 
     @property
     def pending(self) -> int:
@@ -59,8 +75,8 @@ class InputPlan:
     chunks: list[Chunk]  # chunks with a row still to generate, in input order
 
 
-def resolve_inputs(spec: str) -> list[Path]:
-    """The input's parquet files, in sorted order: a file, a directory (recursively) or a glob."""
+def resolve_inputs(spec: str) -> list[InputFile]:
+    """The input's parquet files, in sorted order, each opened once: a file, a directory (recursively) or a glob."""
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
@@ -74,19 +90,20 @@ def resolve_inputs(spec: str) -> list[Path]:
             raise BatchError(f"input glob {spec!r} matches no files")
     else:
         raise BatchError(f"input not found: {spec}")
+    opened = []
     for file in files:
         try:
-            pq.read_schema(file)
+            opened.append(InputFile(file, pq.ParquetFile(file)))
         except (pa.ArrowInvalid, OSError) as e:
             raise BatchError(f"input {file} is not a parquet file ({str(e).splitlines()[0]})") from None
-    return files
+    return opened
 
 
-def check_schema(files: list[Path], config: BatchConfig) -> InputSpec:
+def check_schema(files: list[InputFile], config: BatchConfig) -> InputSpec:
     """One schema across files, a prompt column of strings (or `messages` of chat turns), no clash with our columns."""
-    schema = pq.read_schema(files[0])
+    schema = files[0].parquet.schema_arrow
     for file in files[1:]:
-        other = pq.read_schema(file)
+        other = file.parquet.schema_arrow
         if other.names != schema.names:
             raise BatchError(
                 f"input files have different columns: {files[0].name} {schema.names} vs {file.name} {other.names}"
@@ -112,11 +129,11 @@ def check_schema(files: list[Path], config: BatchConfig) -> InputSpec:
     return InputSpec(schema, column, chat, config.id_column in schema.names)
 
 
-def read_chunks(files: list[Path], size: int) -> Iterator[tuple[int, pa.Table]]:
+def read_chunks(files: list[InputFile], size: int) -> Iterator[tuple[int, pa.Table]]:
     """(first global row, rows) over all files in order, `size` rows at a time within each file: the one reader."""
     row = 0
     for file in files:
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=size):
+        for batch in file.parquet.iter_batches(batch_size=size):
             yield row, pa.Table.from_batches([batch])
             row += batch.num_rows
 
@@ -159,14 +176,14 @@ def tokenize_prompts(
     return texts, ids, errors
 
 
-def plan_input(config: BatchConfig, tokenizer, files: list[Path], done: set[int] | None = None) -> InputPlan:
+def plan_input(config: BatchConfig, tokenizer, files: list[InputFile], done: set[int] | None = None) -> InputPlan:
     """Read, check and tokenize the whole input once. Duplicate or null ids fail the job; bad rows follow
     --on-bad-row; rows in `done` (committed by an earlier run of this job) are checked but not kept."""
     from tqdm import tqdm
 
     done = done or set()
     spec = check_schema(files, config)
-    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    total = sum(f.parquet.metadata.num_rows for f in files)
     if total == 0:
         raise BatchError(f"input {config.input} holds no rows")
     seen: dict[Any, int] = {}
@@ -187,7 +204,8 @@ def plan_input(config: BatchConfig, tokenizer, files: list[Path], done: set[int]
             texts, ids, errors = tokenize_prompts(
                 tokenizer, table.column(spec.prompt_column).to_pylist(), spec.chat, config.max_prompt_len
             )
-            for row, why in check_overrides(config, first, table).items():
+            params, refused = override_params(config, first, table)
+            for row, why in refused.items():
                 errors[row - first] = errors[row - first] or why
             bad.update({row: e for row, e in zip(rows, errors, strict=True) if e is not None})
             keep = [
@@ -200,7 +218,8 @@ def plan_input(config: BatchConfig, tokenizer, files: list[Path], done: set[int]
                 prepared = prepared.append_column(PROMPT_TEXT, pa.array(texts, pa.string()))
                 prepared = prepared.append_column(PROMPT_IDS, pa.array(ids, pa.list_(pa.int32())))
                 prepared = prepared.append_column(ROW_ERROR, pa.array(errors, pa.string()))
-                chunks.append(Chunk(first, table.num_rows, prepared.take(pa.array(keep, pa.int64()))))
+                kept = None if params is None else [params[i] for i in keep]
+                chunks.append(Chunk(first, table.num_rows, prepared.take(pa.array(keep, pa.int64())), kept))
             bar.update(table.num_rows)
     if bad and config.on_bad_row == "fail":
         row, why = min(bad.items())

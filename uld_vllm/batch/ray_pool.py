@@ -20,9 +20,9 @@ params, but in Ray 2.60 its engine stage keeps only `outputs[0]` of each request
 
 from __future__ import annotations
 
+import pickle
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -32,15 +32,20 @@ from uld_vllm.batch.plan import Chunk, InputPlan, InputSpec
 from uld_vllm.batch.workdir import WorkDir
 from uld_vllm.ray_replicas import ray_connection, replica_memory
 
+if TYPE_CHECKING:
+    from uld_vllm.engine import CheckedModel
+
 
 def chunk_item(chunk: Chunk) -> dict[str, Any]:
-    return {"first_row": chunk.first_row, "num_rows": chunk.num_rows, "rows": to_ipc(chunk.rows)}
+    # A chunk's SamplingParams (where the input has sampling columns) travel pickled: they are not Arrow values.
+    params = pickle.dumps(chunk.params) if chunk.params is not None else b""
+    return {"first_row": chunk.first_row, "num_rows": chunk.num_rows, "rows": to_ipc(chunk.rows), "params": params}
 
 
 class _Replica:
     """A Ray Data actor: one ULD engine; turns chunks into part tables (Arrow IPC bytes)."""
 
-    def __init__(self, config: BatchConfig, spec: InputSpec, bundle: str) -> None:
+    def __init__(self, config: BatchConfig, spec: InputSpec, model: CheckedModel) -> None:
         from uld_vllm.engine import has_cuda, in_process_engine_core, make_llm
 
         in_process_engine_core()
@@ -50,13 +55,14 @@ class _Replica:
         # The single-process engine arguments, with host memory shared among the replicas on CPU.
         kwargs = llm_kwargs(config)
         kwargs |= replica_memory(kwargs, config.num_replicas, has_cuda())
-        self.llm = make_llm(bundle, config.weight, config.filter, check=False, **kwargs)
+        self.llm = make_llm(model, **kwargs)  # checked by the driver; the check travels with it
         self.ready = time.time()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         parts, first_rows = [], []
         for item in batch.to_pylist():
-            chunk = Chunk(item["first_row"], item["num_rows"], from_ipc(item["rows"]))
+            params = pickle.loads(item["params"]) if item["params"] else None
+            chunk = Chunk(item["first_row"], item["num_rows"], from_ipc(item["rows"]), params)
             parts.append(to_ipc(generate_chunk(self.llm, self.config, self.spec, chunk)))
             first_rows.append(chunk.first_row)
         return pa.table(
@@ -79,7 +85,7 @@ def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def generate_with_ray(config: BatchConfig, bundle: Path, plan: InputPlan, work: WorkDir) -> GenerationStats:
+def generate_with_ray(config: BatchConfig, model: CheckedModel, plan: InputPlan, work: WorkDir) -> GenerationStats:
     """Generate the plan's pending chunks on `config.num_replicas` Ray replicas; commit each part as it arrives."""
     if not plan.chunks:
         return GenerationStats()
@@ -104,7 +110,7 @@ def generate_with_ray(config: BatchConfig, bundle: Path, plan: InputPlan, work: 
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
             parts = dataset.map_batches(
                 _Replica,
-                fn_constructor_kwargs={"config": config, "spec": plan.spec, "bundle": str(bundle)},
+                fn_constructor_kwargs={"config": config, "spec": plan.spec, "model": model},
                 batch_size=1,  # one chunk per task: a dead replica costs one chunk, retried elsewhere or after restart
                 batch_format="pyarrow",
                 # One task in flight per replica: none wait behind a busy or restarting replica while another is idle.

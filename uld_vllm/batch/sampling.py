@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from uld_vllm.batch.config import SAMPLING_COLUMNS, BatchConfig, BatchError
+from uld_vllm.batch.config import SAMPLING_COLUMNS, BatchConfig, BatchError, check_n_sampling
 
 
 def row_overrides(batch: pa.RecordBatch | pa.Table, index: int) -> dict[str, Any]:
@@ -29,24 +29,28 @@ def sampling_params_for(config: BatchConfig, row: int, overrides: dict[str, Any]
         "seed": None if config.seed is None else config.seed + row,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if config.n > 1 and values["temperature"] == 0.0:
-        raise BatchError(f"row {row}: temperature 0 with --n {config.n} (greedy decoding would repeat one completion)")
     if values["top_k"] == 0:
         values["top_k"] = -1
     try:
+        check_n_sampling(config.n, values["temperature"])
         return SamplingParams(n=config.n, **values)
-    except (ValueError, TypeError, VLLMError) as e:  # vLLM's own validation of one row's values
+    except (BatchError, ValueError, TypeError, VLLMError) as e:  # ours, or vLLM's own validation of the row's values
         raise BatchError(f"row {row}: {str(e).strip().splitlines()[0]}") from None
 
 
-def check_overrides(config: BatchConfig, first_row: int, batch: pa.RecordBatch | pa.Table) -> dict[int, str]:
-    """Rows whose sampling values vLLM (or uld-batch) refuses, with why: found in the input plan, before any engine."""
+def override_params(
+    config: BatchConfig, first_row: int, batch: pa.RecordBatch | pa.Table
+) -> tuple[list | None, dict[int, str]]:
+    """Where the input has sampling columns: each row's SamplingParams (None for a refused row) and the refused rows
+    with why, found in the input plan, before any engine; (None, {}) without sampling columns."""
     if not any(k in batch.schema.names for k in SAMPLING_COLUMNS):
-        return {}
+        return None, {}
+    params: list = []
     bad = {}
     for i in range(batch.num_rows):
         try:
-            sampling_params_for(config, first_row + i, row_overrides(batch, i))
+            params.append(sampling_params_for(config, first_row + i, row_overrides(batch, i)))
         except BatchError as e:
+            params.append(None)
             bad[first_row + i] = str(e).partition(": ")[2]
-    return bad
+    return params, bad

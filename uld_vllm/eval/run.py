@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from uld_vllm.eval.data import SPLIT_FILES, EvalExample, read_eval_data
 from uld_vllm.eval.metrics import (
@@ -30,6 +30,9 @@ from uld_vllm.eval.metrics import (
 )
 from uld_vllm.qa import answer_ids, prompt_ids
 from uld_vllm.ray_replicas import ray_connection, replica_memory
+
+if TYPE_CHECKING:
+    from uld_vllm.engine import CheckedModel
 
 # Data split -> TOFU eval-log file (TOFU's names: the retain split's log is plain eval_log.json).
 LOG_FILE = {"forget": FORGET_LOG, "retain": RETAIN_LOG, "real_authors": REAL_AUTHORS_LOG, "world_facts": REAL_WORLD_LOG}
@@ -95,14 +98,13 @@ class Backend(Protocol):
 class VllmBackend:
     """ULD engine for a bundle, plain vLLM for an HF checkpoint."""
 
-    def __init__(self, settings: EvalSettings, max_model_len: int, engine_args: dict[str, Any]) -> None:
-        from uld_vllm.engine import default_llm_kwargs, make_llm
+    def __init__(
+        self, settings: EvalSettings, model: CheckedModel, max_model_len: int, engine_args: dict[str, Any]
+    ) -> None:
+        from uld_vllm.engine import make_llm
 
-        kwargs = default_llm_kwargs() | {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0}
-        kwargs |= {"dtype": settings.dtype} if settings.dtype else {}
-        kwargs |= engine_args
-        # evaluate() ran the checks already (and a Ray replica's driver did).
-        self.llm = make_llm(settings.model, settings.weight, settings.filter, check=False, **kwargs)
+        kwargs = {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0, "dtype": settings.dtype}
+        self.llm = make_llm(model, **(kwargs | engine_args))  # checked by evaluate() (a Ray shard's driver)
         self.progress = settings.progress
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -135,16 +137,14 @@ class VllmBackend:
 class ReferenceBackend:
     """The HF reference decoder (plain transformers, two KV caches): a bundle's ULD, or one HF model alone."""
 
-    def __init__(self, settings: EvalSettings, eos_token_id: int | None) -> None:
+    def __init__(self, settings: EvalSettings, model: CheckedModel, eos_token_id: int | None) -> None:
         import torch
 
-        from uld_vllm.engine import is_bundle, resolve_dtype
         from uld_vllm.reference import ReferenceDecoder
 
-        dtype = resolve_dtype(settings.dtype)
-        torch_dtype = getattr(torch, "float32" if dtype == "auto" else dtype)
-        if is_bundle(settings.model):
-            self.decoder = ReferenceDecoder.from_bundle(settings.model, settings.weight, settings.filter, torch_dtype)
+        torch_dtype = getattr(torch, "float32" if settings.dtype == "auto" else settings.dtype)
+        if model.bundle is not None:
+            self.decoder = ReferenceDecoder.from_bundle(model.bundle, dtype=torch_dtype)
         else:
             from transformers import AutoModelForCausalLM
 
@@ -278,8 +278,9 @@ def evaluate(settings: EvalSettings) -> EvalResult:
         raise EvalError("--ray runs vLLM engine replicas; the reference backend runs in one process")
     from uld_vllm.engine import check_model
 
-    config = check_model(settings.model, settings.weight, settings.filter)
-    if "uld" in config:
+    model = check_model(settings.model, settings.weight, settings.filter)
+    config = model.config
+    if model.bundle is not None:
         from uld_vllm.plugin import install_scoring_hooks, scoring_hooks_installed
 
         install_scoring_hooks()  # idempotent; vLLM installs it too, but only once an engine starts
@@ -300,11 +301,11 @@ def evaluate(settings: EvalSettings) -> EvalResult:
         )
     indexed = {split: list(enumerate(rows)) for split, rows in encoded.items()}
     if settings.ray:
-        records, timings = _evaluate_with_ray(settings, indexed, examples, needed + 1)
+        records, timings = _evaluate_with_ray(settings, model, indexed, examples, needed + 1)
     else:
         timings = EvalTimings()
         with _timed(timings):
-            backend = _open_backend(settings, needed + 1, tokenizer.eos_token_id, {})
+            backend = _open_backend(settings, model, needed + 1, tokenizer.eos_token_id, {})
         try:
             records, work = evaluate_examples(backend, tokenizer, indexed, examples, settings.max_new_tokens)
             timings.add(work)
@@ -317,11 +318,15 @@ def evaluate(settings: EvalSettings) -> EvalResult:
 
 
 def _open_backend(
-    settings: EvalSettings, max_model_len: int, eos_token_id: int | None, engine_args: dict[str, Any]
+    settings: EvalSettings,
+    model: CheckedModel,
+    max_model_len: int,
+    eos_token_id: int | None,
+    engine_args: dict[str, Any],
 ) -> Backend:
     if settings.backend == "reference":
-        return ReferenceBackend(settings, eos_token_id)
-    return VllmBackend(settings, max_model_len, settings.engine_args | engine_args)
+        return ReferenceBackend(settings, model, eos_token_id)
+    return VllmBackend(settings, model, max_model_len, settings.engine_args | engine_args)
 
 
 def write_logs(result: EvalResult, output: Path, settings: EvalSettings) -> None:
@@ -342,6 +347,7 @@ def write_logs(result: EvalResult, output: Path, settings: EvalSettings) -> None
 
 def _evaluate_with_ray(
     settings: EvalSettings,
+    model: CheckedModel,
     indexed: dict[str, list[tuple[int, EncodedExample]]],
     examples: dict[str, list[EvalExample]],
     max_model_len: int,
@@ -361,7 +367,7 @@ def _evaluate_with_ray(
     with ray_connection():
         task = ray.remote(num_cpus=1, num_gpus=1 if has_cuda() else 0, max_retries=2)(_evaluate_shard)
         shards = [{split: pairs[r::replicas] for split, pairs in indexed.items()} for r in range(replicas)]
-        futures = [task.remote(settings, shard, examples, max_model_len, memory) for shard in shards]
+        futures = [task.remote(settings, model, shard, examples, max_model_len, memory) for shard in shards]
         for shard_records, shard_timings in ray.get(futures):
             for split, by_index in shard_records.items():
                 records[split].update(by_index)
@@ -371,6 +377,7 @@ def _evaluate_with_ray(
 
 def _evaluate_shard(
     settings: EvalSettings,
+    model: CheckedModel,
     shard: dict[str, list[tuple[int, EncodedExample]]],
     examples: dict[str, list[EvalExample]],
     max_model_len: int,
@@ -386,7 +393,7 @@ def _evaluate_shard(
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
     timings = EvalTimings()
     with _timed(timings):
-        backend = _open_backend(settings, max_model_len, tokenizer.eos_token_id, engine_args)
+        backend = _open_backend(settings, model, max_model_len, tokenizer.eos_token_id, engine_args)
     try:
         records, work = evaluate_examples(backend, tokenizer, shard, examples, settings.max_new_tokens)
     finally:

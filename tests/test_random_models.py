@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
 from uld_vllm.bpe_tokenizer import SPECIAL_TOKENS
-from uld_vllm.testing import build_full_assistant, build_target, build_tokenizer
+from uld_vllm.random_models import build_full_assistant, build_target, build_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
