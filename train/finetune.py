@@ -8,7 +8,6 @@ the rebuild evaluates exactly what a fresh clone reassembles from the committed 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from uld_train.config import TrainError
 from uld_train.data import encode_all
 from uld_train.models import add_lora, load_target, load_tokenizer
 from uld_train.sft import file_hash, fit
+from uld_vllm import stamps
 from uld_vllm.qa import read_rows
 from uld_vllm.staging import staged_dir
 
@@ -47,11 +47,7 @@ class FinetuneConfig:
 
 def finished(adapter: Path, record: dict) -> dict | None:
     """The adapter's marker if it names the same recipe, data and base."""
-    marker = adapter / MARKER
-    if not marker.is_file():
-        return None
-    saved = json.loads(marker.read_text())
-    return saved if all(saved.get(k) == v for k, v in record.items()) else None
+    return stamps.matching(adapter / MARKER, record, subset=True)
 
 
 def finetune(base: Path, data: Path, adapter: Path, config: FinetuneConfig, progress: bool = True) -> dict:
@@ -85,5 +81,5 @@ def finetune(base: Path, data: Path, adapter: Path, config: FinetuneConfig, prog
         weights = load_file(staging / ADAPTER_FILE)
         save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, staging / ADAPTER_FILE)
         marker = record | {"epoch_losses": losses, "seconds": seconds, "rows": len(examples), "tokens": tokens}
-        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        stamps.write(staging / MARKER, marker)
     return marker

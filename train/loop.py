@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from uld_train.models import (
 )
 from uld_vllm.assistant import AssistantError, check_depth
 from uld_vllm.bundle import BundleError, build_bundle, check_weight_filter
-from uld_vllm.staging import staged_dir
+from uld_vllm.staging import staged_dir, staged_file
 from uld_vllm.tofu import is_tofu_spec
 
 LOG_NAME = "train_log.jsonl"
@@ -293,9 +292,7 @@ def save_checkpoint(work: Path, step: int, model, optimizer, scheduler, config: 
     directory = work / CHECKPOINTS
     directory.mkdir(exist_ok=True)
     path = directory / f"step-{step:08d}.pt"
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)  # a crash mid-write never leaves a truncated "latest" checkpoint
+    staged_file(path, lambda partial: torch.save(state, partial))  # never a truncated "latest" checkpoint
     for old in directory.glob("step-*.pt"):
         if old != path:
             old.unlink()

@@ -28,6 +28,7 @@ from uld_train.data import encode_all, read_qa
 from uld_train.default_model import build_default_model
 from uld_train.models import load_tokenizer
 from uld_train.sft import file_hash, fit
+from uld_vllm import stamps
 from uld_vllm.errors import command
 from uld_vllm.staging import staged_dir
 
@@ -97,14 +98,8 @@ def llama_config(config: PretrainConfig, tokenizer):
 
 def cached(output: Path, record: dict) -> PretrainResult | None:
     """The finished model at output if its marker names the same recipe, data and tokenizer."""
-    marker = output / MARKER
-    if not marker.is_file():
-        return None
-    try:
-        saved = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        return None
-    if any(saved.get(key) != value for key, value in record.items()):
+    saved = stamps.matching(output / MARKER, record, subset=True)
+    if saved is None:
         return None
     return PretrainResult(output, False, saved["steps"], saved["epoch_losses"], saved["seconds"])
 
@@ -146,7 +141,7 @@ def pretrain(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         marker = record | {"steps": total, "epoch_losses": epoch_losses, "seconds": seconds, "rows": len(examples)}
-        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        stamps.write(staging / MARKER, marker)
     return PretrainResult(output, True, total, epoch_losses, seconds)
 
 

@@ -17,6 +17,7 @@ from uld_train.data import Example, collate
 from uld_train.loop import warmup_cosine
 from uld_train.losses import answer_nll
 from uld_train.models import logits
+from uld_vllm import stamps
 from uld_vllm.qa import read_rows
 from uld_vllm.tofu import is_tofu_spec
 
@@ -44,7 +45,8 @@ def file_hash(*paths: Path) -> str:
             continue
         for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if file.is_file():
-                digest.update(file.name.encode() + b"\0" + file.read_bytes())
+                digest.update(file.name.encode() + b"\0")
+                stamps.update(digest, file)
     return digest.hexdigest()
 
 

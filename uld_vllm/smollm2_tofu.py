@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from uld_vllm import stamps
 from uld_vllm.errors import UldError
 from uld_vllm.fetch import MARKER as FETCHED
-from uld_vllm.fetch import cache_dir, model_dir, sha256
+from uld_vllm.fetch import cache_dir, model_dir
 from uld_vllm.staging import staged_dir
 
 BASE = "smollm2-135m-instruct"
+MERGED = "merged.json"  # the stamp of a merged model: base pin and adapter hash
 ADAPTERS = Path(__file__).parent / "smollm2-tofu"  # the committed deltas and study.json (bundle settings, recipe)
 ADAPTER_FILE = "adapter_model.safetensors"
 RETAIN_AUTHORS = tuple(range(20))  # the authors of TOFU's retain_perturbed (rows 0-399 of full)
@@ -49,16 +51,15 @@ def merge_adapter(base: Path, adapter: Path, output: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    stamp = {"base": json.loads((base / FETCHED).read_text()), "adapter_sha256": sha256(adapter / ADAPTER_FILE)}
-    marker = output / "merged.json"
-    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+    stamp = {"base": json.loads((base / FETCHED).read_text()), "adapter_sha256": stamps.sha256(adapter / ADAPTER_FILE)}
+    if stamps.matching(output / MERGED, stamp):
         return output
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     with staged_dir(output) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         AutoTokenizer.from_pretrained(base).save_pretrained(staging)
-        (staging / "merged.json").write_text(json.dumps(stamp, indent=2) + "\n")
+        stamps.write(staging / MERGED, stamp)
     return output
 
 
@@ -88,10 +89,10 @@ def assemble(names: tuple[str, ...] | None = None) -> dict[str, Path]:
     if "uld" not in names:
         return models
     bundle = root / "uld"
-    stamp = {"target": json.loads((models["target"] / "merged.json").read_text()), **settings}
-    stamp["assistant_sha256"] = sha256(ADAPTERS / "assistant" / ADAPTER_FILE)
+    stamp = {"target": json.loads((models["target"] / MERGED).read_text()), **settings}
+    stamp["assistant_sha256"] = stamps.sha256(ADAPTERS / "assistant" / ADAPTER_FILE)
     marker = root / "uld.json"
-    if not (marker.is_file() and json.loads(marker.read_text()) == stamp and (bundle / "config.json").is_file()):
+    if not (stamps.matching(marker, stamp) and (bundle / "config.json").is_file()):
         from uld_vllm.bundle import build_bundle
 
         build_bundle(
@@ -102,5 +103,5 @@ def assemble(names: tuple[str, ...] | None = None) -> dict[str, Path]:
             filter=settings["filter"],
             link_target=True,
         )
-        marker.write_text(json.dumps(stamp, indent=2) + "\n")
+        stamps.write(marker, stamp)
     return models | {"uld": bundle}

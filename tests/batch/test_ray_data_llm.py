@@ -13,31 +13,27 @@ PROMPTS = ["Who wrote the book", "Where was the author born", "The city of", "Wh
 
 
 @pytest.mark.ray
-def test_ray_data_llm_processor_gives_the_reference_uld_greedy_tokens(bundle_factory):
+def test_ray_data_llm_processor_gives_the_reference_uld_greedy_tokens(bundle_factory, ray_cluster):
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
     from transformers import AutoTokenizer
 
     bundle = bundle_factory(family="llama", assistant="lora", filter=0.1, assistant_layers=2)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        config = vLLMEngineProcessorConfig(
-            model_source=str(bundle),
-            engine_kwargs=ENGINE_KWARGS | {"max_model_len": 128},
-            placement_group_config={"bundles": [{"CPU": 1}]},
-            log_engine_metrics=False,  # else the actor needs ray.serve for its metrics
-            concurrency=1,
-            batch_size=4,
-            chat_template_stage=False,  # plain text prompts, tokenized by Ray's stage with the bundle's tokenizer
-        )
-        processor = build_processor(
-            config,
-            preprocess=lambda row: {"prompt": row["prompt"], "sampling_params": {"temperature": 0.0, "max_tokens": 8}},
-            postprocess=lambda row: {"prompt": row["prompt"], "tokens": list(row["generated_tokens"])},
-        )
-        rows = processor(ray.data.from_items([{"prompt": p} for p in PROMPTS])).take_all()
-    finally:
-        ray.shutdown()
+    config = vLLMEngineProcessorConfig(
+        model_source=str(bundle),
+        engine_kwargs=ENGINE_KWARGS | {"max_model_len": 128},
+        placement_group_config={"bundles": [{"CPU": 1}]},
+        log_engine_metrics=False,  # else the actor needs ray.serve for its metrics
+        concurrency=1,
+        batch_size=4,
+        chat_template_stage=False,  # plain text prompts, tokenized by Ray's stage with the bundle's tokenizer
+    )
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {"prompt": row["prompt"], "sampling_params": {"temperature": 0.0, "max_tokens": 8}},
+        postprocess=lambda row: {"prompt": row["prompt"], "tokens": list(row["generated_tokens"])},
+    )
+    rows = processor(ray.data.from_items([{"prompt": p} for p in PROMPTS])).take_all()
     tokenizer = AutoTokenizer.from_pretrained(bundle)
     got = {row["prompt"]: row["tokens"] for row in rows}
     want = ReferenceDecoder.from_bundle(bundle).generate(

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from uld_vllm.batch.config import ROW, BatchError
+from uld_vllm.staging import staged_file, write_text_atomic
 
 
 class WorkDir:
@@ -38,7 +39,7 @@ class WorkDir:
 
     def begin(self) -> WorkDir:
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.path / "job.json", json.dumps({"job": self.job}))
+        write_text_atomic(self.path / "job.json", json.dumps({"job": self.job}))
         return self
 
     def parts(self) -> list[Path]:
@@ -53,15 +54,16 @@ class WorkDir:
     def commit(self, table: pa.Table) -> Path:
         first = table.column(ROW)[0].as_py()
         path = self.path / f"part-{first:012d}-{os.getpid()}-{time.monotonic_ns()}.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-        return path
+
+        def write(partial: Path) -> None:
+            pq.write_table(table, partial)
+            _fsync(partial)  # a committed part survives a power cut, not only a kill
+
+        return staged_file(path, write)
 
     def merge_into(self, output: Path) -> int:
         """Write every committed row to output in input order, atomically; returns the row count."""
-        parts = sorted(self.parts(), key=lambda p: pq.read_table(p, columns=[ROW]).column(ROW)[0].as_py())
+        parts = self.parts()  # in input order: a part's name starts with its first row, zero-padded
         tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
         rows = 0
         seen: set[int] = set()
@@ -97,9 +99,3 @@ class WorkDir:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

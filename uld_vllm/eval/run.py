@@ -30,6 +30,7 @@ from uld_vllm.eval.metrics import (
 )
 from uld_vllm.qa import answer_ids, prompt_ids
 from uld_vllm.ray_replicas import ray_connection, replica_memory
+from uld_vllm.staging import write_text_atomic
 
 if TYPE_CHECKING:
     from uld_vllm.engine import CheckedModel
@@ -337,9 +338,7 @@ def write_logs(result: EvalResult, output: Path, settings: EvalSettings) -> None
     files = dict(result.logs)
     files["run.json"] = {"settings": asdict(settings), "timings": asdict(result.timings)}
     for name, content in files.items():
-        tmp = output / f".{name}.tmp"
-        tmp.write_text(json.dumps(content, indent=1))
-        os.replace(tmp, output / name)
+        write_text_atomic(output / name, json.dumps(content, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------------------ Ray
