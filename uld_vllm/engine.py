@@ -135,12 +135,18 @@ def check_model(model: str | Path, weight: float | None = None, filter: float | 
     return CheckedModel(path, config)
 
 
-def make_llm(model: str | Path | CheckedModel, **llm_kwargs: Any):
-    """A `vllm.LLM` serving ULD from a bundle, plain vLLM for a plain HF checkpoint; `model` is checked here unless
-    check_model already did (pass its result, with the run's weight/filter applied)."""
+def make_llm(
+    model: str | Path | CheckedModel, weight: float | None = None, filter: float | None = None, **llm_kwargs: Any
+):
+    """A `vllm.LLM` serving ULD from a bundle, plain vLLM for a plain HF checkpoint; `model` is checked here (with
+    the weight/filter overrides) unless check_model already did: then pass its result, which holds them."""
     from vllm import LLM
 
-    model = model if isinstance(model, CheckedModel) else check_model(model)
+    if isinstance(model, CheckedModel):
+        if weight is not None or filter is not None:
+            raise TypeError("make_llm: a CheckedModel carries its weight/filter (give them to check_model)")
+    else:
+        model = check_model(model, weight, filter)
     kwargs = default_llm_kwargs(llm_kwargs)
     if model.bundle is None:
         with engine_errors_as_one_line():

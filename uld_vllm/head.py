@@ -36,12 +36,21 @@ gives the dense path's output.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from uld_vllm.combine import relative_top_mask
 from uld_vllm.timed_choice import PathClock, size_class
+
+# vLLM's LogitsProcessor as called: (lm_head, hidden (N, H)) -> logits (N, V), None on all but the last pipeline rank.
+LogitsProcessor = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,45 @@ class HeadStats:
         }
 
 
+class HeadLogits(NamedTuple):
+    """Both streams' logits as `combine` takes them."""
+
+    target: torch.Tensor  # (N, V)
+    assistant: torch.Tensor  # (N, V), or (N, U) on `columns`
+    implausible: torch.Tensor | None  # (N, V) relative_top_mask of the target, where the head needed it
+    columns: torch.Tensor | None  # (U,) the union head's token ids
+
+    def dense_assistant(self) -> torch.Tensor:
+        """The assistant's logits as (N, V), for consumers that read every column (fused sampling)."""
+        if self.columns is None:
+            return self.assistant
+        return scatter_columns(self.assistant, self.columns, self.target.shape[1])
+
+
+def stacked_logits(
+    lm_head: torch.nn.Module, processor: LogitsProcessor, target_hidden: torch.Tensor, assistant_hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One GEMM over both streams' rows, so the LM head's weight is read once; None on all but the last pipeline rank."""
+    logits = processor(lm_head, torch.cat([target_hidden, assistant_hidden]))
+    return None if logits is None else logits.chunk(2)  # (N, V) each
+
+
+def head_logits(
+    head: AssistantHead | None,
+    lm_head: torch.nn.Module,
+    processor: LogitsProcessor,
+    target_hidden: torch.Tensor,
+    assistant_hidden: torch.Tensor,
+    filter: float,
+) -> AbstractContextManager[HeadLogits | None]:
+    """Both streams' logits, by `head`'s choice where it has one to make (with the filter off ULD reads every
+    assistant logit: always stacked). The caller combines inside the with-block (see `AssistantHead.logits`)."""
+    if head is not None and filter > 0.0:
+        return head.logits(lm_head, processor, target_hidden, assistant_hidden, filter)
+    stacked = stacked_logits(lm_head, processor, target_hidden, assistant_hidden)
+    return contextlib.nullcontext(None if stacked is None else HeadLogits(*stacked, None, None))
+
+
 class AssistantHead:
     """The cost-based choice between the stacked dense head and the union head, and the union head itself."""
 
@@ -141,6 +189,39 @@ class AssistantHead:
             for size, clock in sorted(self.clocks.items())
         }
         return self.stats.as_dict() | {"logits_ms_by_rows": clocks}
+
+    @contextlib.contextmanager
+    def logits(
+        self,
+        lm_head: torch.nn.Module,
+        processor: LogitsProcessor,
+        target_hidden: torch.Tensor,
+        assistant_hidden: torch.Tensor,
+        filter: float,
+    ) -> Iterator[HeadLogits | None]:
+        """Both streams' logits by the path the rule plans, with the target's mask (filter > 0). A timed rule records
+        the with-block's wall time: the caller's combination runs inside it, since its cost differs by path too
+        (the union's (N, U) against a dense (N, V)). None (and nothing recorded) on all but the last pipeline rank."""
+        started, rows = time.perf_counter(), target_hidden.shape[0]
+        union_planned = self.plans_union(rows)
+        if union_planned:
+            target = processor(lm_head, target_hidden)  # (N, V)
+            implausible = relative_top_mask(target, filter)  # (N, V): where a' = 0
+            union = self.union_logits(assistant_hidden, lm_head.weight, ~implausible)
+            if union is None:  # the union came out too large: the assistant's rows alone, dense
+                logits = HeadLogits(target, processor(lm_head, assistant_hidden), implausible, None)
+            else:
+                logits = HeadLogits(target, union[0], implausible, union[1])  # (N, U) on the union's token ids
+        else:
+            stacked = stacked_logits(lm_head, processor, target_hidden, assistant_hidden)
+            if stacked is None:
+                yield None
+                return
+            implausible = relative_top_mask(stacked[0], filter)
+            self.stacked(implausible)
+            logits = HeadLogits(*stacked, implausible, None)
+        yield logits
+        self.timed(rows, union_planned, time.perf_counter() - started)  # CPU: every op in the block has finished
 
     def _clock(self, rows: int) -> PathClock:
         return self.clocks.setdefault(size_class(rows), PathClock())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -32,9 +31,9 @@ from uld_vllm.bundle import (
     assistant_lora,
     take_handed_over,
 )
-from uld_vllm.combine import Mode, combine, relative_top_mask
+from uld_vllm.combine import Mode, combine
 from uld_vllm.fused import RawLogits, fused_backend
-from uld_vllm.head import AssistantHead, SparseRule, scatter_columns
+from uld_vllm.head import AssistantHead, SparseRule, head_logits
 from uld_vllm.shared import SharedBackbone, can_share, stack_streams, wrap_layers
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
@@ -178,37 +177,14 @@ class ULDForCausalLM(nn.Module):
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         target_hidden, assistant_hidden = hidden_states.split(self.hidden_size, dim=-1)  # (N, H) each
         weight, filter, mode = self.settings.weight, self.settings.filter, _MODE.get()
-        head, logits_processor = self.target.lm_head, self.target.logits_processor
-        implausible = columns = None
-        assistant_head = self.head if filter > 0.0 else None  # with the filter off, every assistant logit is read
-        started, rows = time.perf_counter(), target_hidden.shape[0]
-        plans_union = assistant_head is not None and assistant_head.plans_union(rows)
-        if plans_union:
-            target_logits = logits_processor(head, target_hidden)  # (N, V)
-            implausible = relative_top_mask(target_logits, filter)  # (N, V): where a' = 0
-            union = assistant_head.union_logits(assistant_hidden, head.weight, ~implausible)
-            if union is None:  # the union came out too large: the assistant's rows alone, dense
-                assistant_logits = logits_processor(head, assistant_hidden)
-            else:
-                assistant_logits, columns = union  # (N, U) on the union's token ids
-        else:
-            # One GEMM over both streams' rows: the LM head's weight is read once.
-            logits = logits_processor(head, torch.cat([target_hidden, assistant_hidden]))
+        lm_head, processor = self.target.lm_head, self.target.logits_processor
+        # Combined inside the block: a timed head chooses by the whole call's cost (uld_vllm.head).
+        with head_logits(self.head, lm_head, processor, target_hidden, assistant_hidden, filter) as logits:
             if logits is None:  # not the last pipeline rank
                 return None
-            target_logits, assistant_logits = logits.chunk(2)  # (N, V) each
-            if assistant_head is not None:
-                implausible = relative_top_mask(target_logits, filter)
-                assistant_head.stacked(implausible)
-        if self.fused_sampling is not None and mode == "generate":
-            dense = assistant_logits
-            if columns is not None:
-                dense = scatter_columns(assistant_logits, columns, target_logits.shape[1])
-            self.raw_logits = RawLogits(target_logits, dense, weight, filter)
-        logits = combine(target_logits, assistant_logits, weight, filter, mode, implausible, columns)
-        if assistant_head is not None:  # what a timed rule chooses by (CPU: every op above has finished)
-            assistant_head.timed(rows, plans_union, time.perf_counter() - started)
-        return logits
+            if self.fused_sampling is not None and mode == "generate":  # the fused kernel's inputs (uld_vllm.fused)
+                self.raw_logits = RawLogits(logits.target, logits.dense_assistant(), weight, filter)
+            return combine(logits.target, logits.assistant, weight, filter, mode, logits.implausible, logits.columns)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         loaded = {f"target.{name}" for name in self.target.load_weights(_checked(weights, "target"))}

@@ -123,7 +123,8 @@ def _register_model() -> None:
 
 
 def install_scoring_hooks() -> int:
-    """Wrap vLLM's prompt-logprob entry points in ULD's scoring mode; returns how many are wrapped (idempotent)."""
+    """Wrap vLLM's prompt-logprob entry points in ULD's scoring mode, the V1 runner's also in answer scoring
+    (uld_vllm.answer_scoring); returns how many are wrapped (idempotent)."""
     from uld_vllm.model import scoring_mode
 
     wrapped = 0
@@ -133,6 +134,8 @@ def install_scoring_hooks() -> int:
             continue
         method = getattr(cls, patch.method)
         if not getattr(method, "_uld_scoring", False):
+            if patch is SCORING_PATCHES[0]:  # the V1 runner: answer scoring for the requests that ask for it
+                method = _with_answer_scoring(method)
             setattr(cls, patch.method, _in_scoring_mode(method, scoring_mode))
         wrapped += 1
     if not scoring_hooks_installed():
@@ -151,6 +154,16 @@ def scoring_hooks_installed() -> bool:
     except (ImportError, AttributeError):
         return False
     return bool(getattr(method, "_uld_scoring", False))
+
+
+def _with_answer_scoring(method):
+    from uld_vllm.answer_scoring import prompt_logprobs_dict
+
+    @functools.wraps(method)
+    def wrapper(self, hidden_states, num_scheduled_tokens):
+        return prompt_logprobs_dict(self, hidden_states, num_scheduled_tokens, method)
+
+    return wrapper
 
 
 def _in_scoring_mode(method, scoring_mode):

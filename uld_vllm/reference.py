@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,6 +50,12 @@ def sampling_probs(logits: torch.Tensor, params: SamplingConfig) -> torch.Tensor
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(sorted_logits).scatter_(-1, order, sorted_logits)
     return torch.softmax(logits, dim=-1)
+
+
+Caches = tuple[Any, Any]  # the target's and the assistant's transformers KV caches (None before the first step)
+Rows = tuple[int | slice | torch.Tensor, ...]  # which (batch, position) logits a step combines
+NO_CACHES: Caches = (None, None)
+LAST: Rows = (slice(None), -1)  # each row's last position: the next token's logits
 
 
 class ReferenceDecoder:
@@ -92,7 +99,14 @@ class ReferenceDecoder:
 
     # ------------------------------------------------------------------------------------------------ forward
 
-    def _logits(self, model, input_ids, attention_mask, position_ids, cache):
+    def _logits(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any,
+    ) -> tuple[torch.Tensor, Any]:
         out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -105,14 +119,28 @@ class ReferenceDecoder:
     def combine(self, target_logits: torch.Tensor, assistant_logits: torch.Tensor, mode: Mode) -> torch.Tensor:
         return combine(target_logits, assistant_logits, self.weight, self.filter, mode)
 
+    def _step(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        caches: Caches,
+        mode: Mode,
+        rows: Rows,
+    ) -> tuple[torch.Tensor, Caches]:
+        """Both models' forward over (B, T) ids, each with its own cache, and ULD's logits (N, V) at `rows` (an index
+        into (B, T)): the rows are picked before combining, so only the positions read are combined."""
+        target_logits, target_cache = self._logits(self.target, ids, mask, positions, caches[0])
+        assistant_logits, assistant_cache = self._logits(self.assistant, ids, mask, positions, caches[1])
+        return self.combine(target_logits[rows], assistant_logits[rows], mode), (target_cache, assistant_cache)
+
     @torch.no_grad()
     def next_token_logits(self, prompts: list[list[int]], mode: Mode = "generate") -> torch.Tensor:
         """ULD logits (B, V) for the token after each prompt."""
         ids, mask = _left_pad(prompts, self._pad_id())
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        target_logits, _ = self._logits(self.target, ids, mask, positions, None)
-        assistant_logits, _ = self._logits(self.assistant, ids, mask, positions, None)
-        return self.combine(target_logits[:, -1], assistant_logits[:, -1], mode)
+        logits, _ = self._step(ids, mask, positions, NO_CACHES, mode, LAST)
+        return logits
 
     # --------------------------------------------------------------------------------------------- generation
 
@@ -130,13 +158,11 @@ class ReferenceDecoder:
         generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
         ids, mask = _left_pad(prompts, self._pad_id())
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        target_cache = assistant_cache = None
+        caches = NO_CACHES
         outputs: list[list[int]] = [[] for _ in prompts]
         done = torch.zeros(len(prompts), dtype=torch.bool)
         for _ in range(max_tokens):
-            target_logits, target_cache = self._logits(self.target, ids, mask, positions, target_cache)
-            assistant_logits, assistant_cache = self._logits(self.assistant, ids, mask, positions, assistant_cache)
-            logits = self.combine(target_logits[:, -1], assistant_logits[:, -1], "generate")  # (B, V)
+            logits, caches = self._step(ids, mask, positions, caches, "generate", LAST)  # (B, V)
             if sampling.temperature == 0.0:
                 next_ids = logits.argmax(dim=-1)
             else:
@@ -162,11 +188,8 @@ class ReferenceDecoder:
         ids = torch.tensor([prompt + continuation])
         mask = torch.ones_like(ids)
         positions = torch.arange(ids.shape[1]).unsqueeze(0)
-        target_logits, _ = self._logits(self.target, ids, mask, positions, None)
-        assistant_logits, _ = self._logits(self.assistant, ids, mask, positions, None)
         start = len(prompt) - 1  # the logits at position t predict token t + 1
-        rows = slice(start, start + len(continuation))
-        logits = self.combine(target_logits[0, rows], assistant_logits[0, rows], "score")
+        logits, _ = self._step(ids, mask, positions, NO_CACHES, "score", (0, slice(start, start + len(continuation))))
         logprobs = torch.log_softmax(logits, dim=-1)
         return logprobs.gather(-1, torch.tensor(continuation).unsqueeze(-1)).squeeze(-1)
 
@@ -182,11 +205,9 @@ class ReferenceDecoder:
             ids[row, : len(prompt) + len(continuation)] = torch.tensor(prompt + continuation)
             mask[row, : len(prompt) + len(continuation)] = 1
         positions = torch.arange(width).unsqueeze(0).expand_as(ids)
-        target_logits, _ = self._logits(self.target, ids, mask, positions, None)
-        assistant_logits, _ = self._logits(self.assistant, ids, mask, positions, None)
         rows = torch.cat([torch.full((len(c),), row) for row, (_, c) in enumerate(pairs)])
         cols = torch.cat([torch.arange(len(p) - 1, len(p) - 1 + len(c)) for p, c in pairs])
-        logits = self.combine(target_logits[rows, cols], assistant_logits[rows, cols], "score")
+        logits, _ = self._step(ids, mask, positions, NO_CACHES, "score", (rows, cols))
         tokens = torch.tensor([t for _, c in pairs for t in c])
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         return list(logprobs.split([len(c) for _, c in pairs]))

@@ -102,25 +102,19 @@ class VllmBackend:
     def __init__(
         self, settings: EvalSettings, model: CheckedModel, max_model_len: int, engine_args: dict[str, Any]
     ) -> None:
-        from uld_vllm.engine import make_llm
+        from uld_vllm.engine import has_cuda, make_llm
 
         kwargs = {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0, "dtype": settings.dtype}
+        # A question's prompt is cached in whole blocks only: vLLM's CPU default (128 tokens) is longer than a TOFU
+        # prompt; 32 is the smallest the CPU attention takes.
+        kwargs |= {"enable_prefix_caching": True} | ({} if has_cuda() else {"block_size": 32})
         self.llm = make_llm(model, **(kwargs | engine_args))  # checked by evaluate() (a Ray shard's driver)
         self.progress = settings.progress
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
-        from vllm import SamplingParams
+        from uld_vllm.answer_scoring import score_answers
 
-        # prompt_logprobs=0: the log-prob of each actual prompt token; ULD engines compute them in scoring mode.
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": prompt + answer} for prompt, answer in pairs], params, use_tqdm=self.progress
-        )
-        scores = []
-        for (prompt, answer), output in zip(pairs, outputs, strict=True):
-            entries = output.prompt_logprobs[len(prompt) : len(prompt) + len(answer)]
-            scores.append([entry[token].logprob for token, entry in zip(answer, entries, strict=True)])
-        return scores
+        return score_answers(self.llm, pairs, self.progress)
 
     def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
         from vllm import SamplingParams
