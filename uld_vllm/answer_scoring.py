@@ -66,6 +66,20 @@ def score_answers(llm, pairs: list[tuple[list[int], list[int]]], progress: bool 
     return scores
 
 
+ROWS_PER_CALL = 32  # the head's (rows, vocab) tensors stay small enough to be reused, not allocated (page-faulted)
+
+
+def _chosen_logprobs(model, hidden_states: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each of `rows`, through the model's compute_logits, ROWS_PER_CALL rows at a time."""
+    chosen = torch.empty(rows.numel(), dtype=torch.float32)
+    for start in range(0, rows.numel(), ROWS_PER_CALL):
+        part = slice(start, start + ROWS_PER_CALL)
+        logits = model.compute_logits(hidden_states.index_select(0, rows[part].to(hidden_states.device)))
+        logprobs = logits.log_softmax(dim=-1, dtype=torch.float32)
+        chosen[part] = logprobs.gather(-1, targets[part].to(logprobs.device).unsqueeze(-1)).squeeze(-1).cpu()
+    return chosen
+
+
 def score_from(request: Any) -> int | None:
     params = getattr(request, "sampling_params", None)
     extra = getattr(params, "extra_args", None) or {}
@@ -122,10 +136,7 @@ def _score_answers(
             targets.append(torch.tensor(prompt[first + 1 : start + count + 1], dtype=torch.long))
             places.append((tensors, first, start + count - first))
     if rows:
-        index = torch.cat(rows).to(hidden_states.device)
-        logits = runner.model.compute_logits(hidden_states.index_select(0, index))
-        logprobs = logits.log_softmax(dim=-1, dtype=torch.float32)
-        chosen = logprobs.gather(-1, torch.cat(targets).to(logprobs.device).unsqueeze(-1)).squeeze(-1).cpu()
+        chosen = _chosen_logprobs(runner.model, hidden_states, torch.cat(rows), torch.cat(targets))
         done = 0
         for tensors, first, count in places:
             tensors.logprobs[first : first + count, 0] = chosen[done : done + count]

@@ -104,7 +104,8 @@ class VllmBackend:
     ) -> None:
         from uld_vllm.engine import has_cuda, make_llm
 
-        kwargs = {"max_model_len": max_model_len, "enforce_eager": True, "seed": 0, "dtype": settings.dtype}
+        # Compiled (vLLM's default): the body's norms and activations fused by inductor; later starts load the graphs.
+        kwargs = {"max_model_len": max_model_len, "seed": 0, "dtype": settings.dtype}
         # A question's prompt is cached in whole blocks only: vLLM's CPU default (128 tokens) is longer than a TOFU
         # prompt; 32 is the smallest the CPU attention takes.
         kwargs |= {"enable_prefix_caching": True} | ({} if has_cuda() else {"block_size": 32})
