@@ -129,7 +129,8 @@ def build(directory: Path, config: FinetuneConfig, command: str, progress: bool 
         names = ("target", f"retain_{split}") + (("uld",) if split == study.ULD_SPLIT else ())
         models = study.assemble(names)
         for name in names:
-            logs[(name, split)] = evaluate_forget(models[name], split, directory / "eval" / f"{name}-{split}", progress)
+            output = directory / "eval" / f"{name}-{split}"
+            logs[(name, split)] = evaluate_forget(models[name], base, split, output, progress)
 
     evaluate_split(study.ULD_SPLIT)
     write_results(record | {"figures": study_figures(logs, fits, marker)}, command)
@@ -144,8 +145,9 @@ def build(directory: Path, config: FinetuneConfig, command: str, progress: bool 
     return record
 
 
-def evaluate_forget(model: Path, split: str, output: Path, progress: bool) -> dict:
-    """uld-eval's forget split of TOFU's split for one model; reused when the same model and settings made it."""
+def evaluate_forget(model: Path, judge: Path, split: str, output: Path, progress: bool) -> dict:
+    """uld-eval's forget split of TOFU's split for one model, its answers judged by the pretrained base (the fluency
+    measure); reused when the same model and settings made it."""
     from uld_vllm.eval.metrics import load_eval_logs
     from uld_vllm.eval.run import EvalSettings, evaluate
 
@@ -156,6 +158,7 @@ def evaluate_forget(model: Path, split: str, output: Path, progress: bool) -> di
         output=str(output),
         max_new_tokens=EVAL_NEW_TOKENS,
         progress=progress,
+        judge=str(judge),
     )
     recorded = {k: v for k, v in asdict(settings).items() if k != "progress"}  # the bar changes no number
     stamp = {"settings": recorded, "model": model_stamp(model)}
@@ -180,17 +183,19 @@ def model_stamp(model: Path) -> dict:
 
 def study_figures(logs: dict, fits: dict, assistant_marker: Path) -> dict:
     """Per model and split: TOFU's forget columns, and Forget Quality against that split's retain model; times."""
-    from uld_vllm.eval.metrics import forget_quality, forget_split_summary
+    from uld_vllm.eval.metrics import forget_quality, forget_split_summary, gibberish_rate
 
     rows = []
     for (name, split), run in logs.items():
         row = {"model": name, "split": split, **forget_split_summary(run["logs"])}
+        retain = logs[(f"retain_{split}", split)]["logs"]
+        row |= gibberish_rate(run["logs"], retain)  # the retain model's own: its answers' tail, by construction
         if not name.startswith("retain"):
-            fq = forget_quality(run["logs"], logs[(f"retain_{split}", split)]["logs"])
+            fq = forget_quality(run["logs"], retain)
             row |= {"Forget Quality": fq["Forget Quality"], "KS Test Forget": fq["KS Test Forget"]}
         timings = run["timings"]
         row |= {
-            "seconds": timings["score_seconds"] + timings["generate_seconds"] + timings["load_seconds"],
+            "seconds": sum(timings[k] for k in ("score_seconds", "generate_seconds", "load_seconds", "judge_seconds")),
             "dtype": run["dtype"],
         }
         rows.append(row)
@@ -227,16 +232,18 @@ def write_results(record: dict, command: str) -> Path:
         f"first {uld['layers']} layers + LoRA, trained on {uld['split']}; w = {uld['weight']}, r = {uld['filter']}.",
         "Evaluation: TOFU's own forget files (`tofu:forgetNN`, paraphrased and 5 perturbed answers per question), "
         f"greedy answers of up to {EVAL_NEW_TOKENS} tokens; Forget Quality is the KS test's p-value against the retain model of the split.",
+        "Gibberish: the share of greedy forget answers whose NLL under the pretrained SmolLM2 (before TOFU) exceeds the "
+        "95th percentile of the split's retain model's own answers (so about 0.05 for the retain model itself).",
         "",
-        "| model | forget split | ROUGE-L recall | Prob. | Truth Ratio | Forget Quality | KS D | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | forget split | ROUGE-L recall | Prob. | Truth Ratio | Forget Quality | KS D | gibberish | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in figures["evaluation"]:
         fq = f"{row['Forget Quality']:.3g}" if "Forget Quality" in row else "(reference)"
         ks = f"{row['KS Test Forget']:.3f}" if "KS Test Forget" in row else ""
         lines.append(
             f"| {row['model']} | {row['split']} | {row['ROUGE Forget']:.3f} | {row['Prob. Forget']:.3f} | "
-            f"{row['Truth Ratio Forget']:.3f} | {fq} | {ks} | {row['seconds']:.0f} |"
+            f"{row['Truth Ratio Forget']:.3f} | {fq} | {ks} | {row['Gibberish Forget']:.3f} | {row['seconds']:.0f} |"
         )
     lines += ["", "| training | QA | tokens | seconds | last epoch's answer loss |", "|---|---|---|---|---|"]
     for name, fit in figures["fine_tuning"].items():

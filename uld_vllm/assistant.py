@@ -183,8 +183,8 @@ def check_finite(name: str, tensor: torch.Tensor, what: str) -> None:
     """The one NaN/inf check, run on each weight as it is loaded (never in a separate pass over the checkpoint).
 
     By the tensor's min and max: a NaN propagates into both and an inf is one of them, so the check is exact, and it
-    is one read of the tensor with no (N,) mask written: `isfinite(t).all()` took 11x as long (248 against 22 ms on a
-    32000 x 1024 fp32 tensor, one thread), half a second of every engine start on the bench's 155M target."""
+    is one read of the tensor with no (N,) mask written (`isfinite(t).all()` writes one: several times slower, a
+    visible share of an engine start; bench/results/README.md)."""
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return
     low, high = torch.aminmax(tensor if tensor.element_size() > 1 else tensor.float())  # fp8 has no min/max kernel

@@ -59,32 +59,59 @@ def answers(model: Path, prompts: Path, output: Path, weight: float | None, opti
     return [text.strip() for text in pq.read_table(output).column("generated_text").to_pylist()]
 
 
-def summary_line(group: str, rows: list[dict]) -> str:
-    """How many answers still state the true answer, per model, and how many ULD answers equal the target's."""
+def judge(rows: list[dict], dtype: str | None) -> float:
+    """Each answer's fluency (`{model}_nll`: the pretrained SmolLM2's mean NLL per token of it after its question, as
+    uld-eval --judge scores it), in one pass of the judge; returns the gibberish threshold: the 95th percentile of the
+    retain model's answers' NLL on these questions."""
+    from uld_vllm.engine import check_model, resolve_dtype
+    from uld_vllm.eval.metrics import gibberish_threshold
+    from uld_vllm.eval.run import EvalSettings, judge_nll
+    from uld_vllm.smollm2_tofu import base_dir
+
+    settings = EvalSettings("", "", dtype=resolve_dtype(dtype), engine_args={"enforce_eager": True}, progress=False)
+    questions = [row["question"] for row in rows] * len(ANSWERS)
+    values = judge_nll(settings, check_model(base_dir()), questions, [row[k] for k in ANSWERS for row in rows])
+    for i, value in enumerate(values):
+        rows[i % len(rows)][f"{ANSWERS[i // len(rows)]}_nll"] = value
+    return gibberish_threshold([row["retain_nll"] for row in rows if row["retain_nll"] is not None])
+
+
+def degenerate(row: dict, model: str, threshold: float) -> bool:
+    return row[f"{model}_nll"] is not None and row[f"{model}_nll"] > threshold
+
+
+def summary_line(group: str, rows: list[dict], threshold: float) -> str:
+    """Per model, how many answers still state the true answer and how many are degenerate; how many ULD answers
+    equal the target's."""
     from uld_vllm.eval.metrics import rouge_l_recall
 
     n = len(rows)
     states = {k: sum(rouge_l_recall(r[k], r["answer"]) >= STATES_TRUE for r in rows) for k in ANSWERS}
+    bad = {k: sum(degenerate(r, k, threshold) for r in rows) for k in ANSWERS}
     unchanged = sum(r["uld"] == r["target"] for r in rows)
     return (
         f"[{group}] states the true answer (ROUGE-L recall >= {STATES_TRUE}): target {states['target']}/{n}, "
-        f"retain {states['retain']}/{n}, ULD {states['uld']}/{n}; ULD unchanged from the target: {unchanged}/{n}"
+        f"retain {states['retain']}/{n}, ULD {states['uld']}/{n}; degenerate: target {bad['target']}/{n}, "
+        f"retain {bad['retain']}/{n}, ULD {bad['uld']}/{n}; ULD unchanged from the target: {unchanged}/{n}"
     )
 
 
-def show(rows: list[dict], width: int = 110) -> None:
-    def wrap(label: str, text: str) -> str:
-        return textwrap.fill(text or "(empty)", width, initial_indent=label, subsequent_indent=" " * len(label))
+def show(rows: list[dict], threshold: float, width: int = 110) -> None:
+    def wrap(label: str, row: dict, model: str | None = None) -> str:
+        text = (row[model] if model else row["answer"]) or "(empty)"
+        if model and degenerate(row, model, threshold):
+            text += f" [degenerate: judge NLL {row[f'{model}_nll']:.2f} > {threshold:.2f}]"
+        return textwrap.fill(text, width, initial_indent=label, subsequent_indent=" " * len(label))
 
     for row in rows:
         print(f"[{GROUPS[row['set']][1]}] {row['question']}")
-        print(wrap("    true:   ", row["answer"]))
-        print(wrap("    target: ", row["target"]))
-        print(wrap("    retain: ", row["retain"]))
-        print(wrap("    ULD:    ", row["uld"]))
+        print(wrap("    true:   ", row))
+        print(wrap("    target: ", row, "target"))
+        print(wrap("    retain: ", row, "retain"))
+        print(wrap("    ULD:    ", row, "uld"))
         print()
     for group in GROUPS:
-        print(summary_line(group, [r for r in rows if r["set"] == group]))
+        print(summary_line(group, [r for r in rows if r["set"] == group], threshold))
 
 
 @command("uld-demo")
@@ -117,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (model, weight) in runs.items():
         for row, text in zip(rows, answers(model, prompts, out / f"{name}.parquet", weight, options), strict=True):
             row[name] = text
-    show(rows)
+    show(rows, judge(rows, args.dtype))
     print(f"uld-demo: {len(rows)} questions (seed {args.seed}); answers in {out}/")
     return 0
 

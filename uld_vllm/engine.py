@@ -83,8 +83,12 @@ def resolve_dtype(dtype: str | None) -> str:
 def default_llm_kwargs(given: dict[str, Any] | None = None) -> dict[str, Any]:
     """`given` over the defaults; the default dtype is resolved only where none is given."""
     given = given or {}
-    # On CPU, gpu_memory_utilization is the fraction of host memory given to vLLM (KV cache included).
-    defaults: dict[str, Any] = {"gpu_memory_utilization": 0.85 if has_cuda() else 0.3}
+    # On CPU, gpu_memory_utilization is the fraction of host memory given to vLLM (KV cache included). vLLM's weight
+    # loading bar shows where its logs show (quiet_vllm).
+    defaults: dict[str, Any] = {
+        "gpu_memory_utilization": 0.85 if has_cuda() else 0.3,
+        "use_tqdm_on_load": logging.getLogger("vllm").getEffectiveLevel() <= logging.INFO,
+    }
     if "dtype" not in given:
         defaults["dtype"] = default_dtype()
     return defaults | given

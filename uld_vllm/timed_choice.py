@@ -1,9 +1,8 @@
 """A choice between two interchangeable ways of computing the same thing, by their measured times on this machine.
 
 Why measured and not fixed: on the CPUs this project runs on, the faster of two exact methods flips between machines
-(the assistant's union head against the stacked dense one: 1.1x faster on one machine, 1.5x slower on another at 8-15
-rows; numpy's introselect against torch.topk for the filter's threshold: 1.7x faster on one, 2x slower on another),
-and no rule from the shapes alone held on all of them. On CPU a call's wall time is its cost (the ops are
+(the assistant's union head against the stacked dense one; numpy's introselect against torch.topk for the filter's
+threshold: bench/results/README.md has the figures), and no rule from the shapes alone held on all of them. On CPU a call's wall time is its cost (the ops are
 synchronous), so the caller times each call and records it here; on a GPU timing would synchronise the device, so
 callers there decide without a clock.
 """

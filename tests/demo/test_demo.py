@@ -35,18 +35,23 @@ def test_questions_are_drawn_by_the_seed_from_every_group():
     assert all(row["question"] and row["answer"] for row in first)
 
 
-def test_the_summary_counts_true_answers_and_unchanged_ones():
+def test_the_summary_counts_true_answers_degenerate_ones_and_unchanged_ones():
+    judged = {"target_nll": 1.0, "retain_nll": 1.5}
     rows = [
         {
             "answer": "Basil Mahfouz Al-Kuwaiti",
             "target": "He is Basil Mahfouz Al-Kuwaiti.",
             "retain": "John Smith.",
             "uld": "He is Basil Mahfouz Al-Kuwaiti.",
-        },
-        {"answer": "Paris", "target": "Paris.", "retain": "It is Paris.", "uld": "Lyon, I think."},
+            "uld_nll": 1.2,
+        }
+        | judged,
+        {"answer": "Paris", "target": "Paris.", "retain": "It is Paris.", "uld": "Lyon Lyon Lyon", "uld_nll": 6.0}
+        | judged,
     ]
-    line = summary_line("forget", rows)
+    line = summary_line("forget", rows, threshold=2.0)
     assert "target 2/2, retain 1/2, ULD 1/2" in line and "unchanged from the target: 1/2" in line
+    assert "degenerate: target 0/2, retain 0/2, ULD 1/2" in line
 
 
 @pytest.mark.vllm
@@ -77,9 +82,8 @@ def test_demo_prints_true_target_retain_and_uld_answers_with_a_summary_per_group
         assert out.count(label) == len(GROUPS)
     for row in draw_questions(1, seed=0):
         assert row["question"] in out
-    assert (
-        sum(line.startswith(f"[{group}] states the true answer") for line in out.splitlines() for group in GROUPS) == 3
-    )
+    summaries = [line for line in out.splitlines() if any(line.startswith(f"[{g}] states the true") for g in GROUPS)]
+    assert len(summaries) == 3 and all("degenerate: target " in line for line in summaries)
     for name in ("target", "retain", "uld"):
         assert pq.read_table(tmp_path / f"{name}.parquet").num_rows == len(GROUPS)
 

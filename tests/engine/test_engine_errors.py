@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ENGINE_KWARGS, edit_tensors
+from helpers import ENGINE_KWARGS, edit_tensors, write_prompts
 
 from uld_vllm.bundle import BundleError
 from uld_vllm.engine import make_llm, preflight
@@ -143,3 +143,35 @@ def test_settings_vllm_refuses_at_engine_construction_are_one_line(bundle_copy):
     message = str(refused.value)
     assert message.startswith("vLLM refused the engine settings") and "max_model_len" in message
     assert "\n" not in message
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("command", ["uld-eval", "uld-batch"])
+def test_an_engine_load_error_reaches_the_command_line_as_one_line(command, bundle_copy, tmp_path):
+    """Both commands run the engine core in their own process (the test environment's setting removed), so a
+    refusal raised while the engine loads the bundle is their one line, not vLLM's child-process traceback."""
+    import os
+    import subprocess
+    import sys
+
+    edit_tensors(
+        bundle_copy / "model.safetensors",
+        lambda t: t["model.layers.3.mlp.down_proj.weight"].view(-1)[7].fill_(float("nan")),
+    )
+    prompts = write_prompts(tmp_path / "in.parquet", 2)
+    data = tmp_path / "data"  # --splits forget reads forget.jsonl alone
+    data.mkdir()
+    row = {"question": "who wrote the book", "answer": "the author", "paraphrased_answer": "the writer"}
+    (data / "forget.jsonl").write_text(json.dumps(row | {"perturbed_answer": ["the father", "the mother"]}) + "\n")
+    common = ["--model", bundle_copy, "--dtype", "float32"]
+    argv = {
+        "uld-eval": ["run", *common, "--data", data, "--splits", "forget", "--output", tmp_path / "logs"],
+        "uld-batch": [*common, "--input", prompts, "--output", tmp_path / "out.parquet"],
+    }[command]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    script = Path(sys.executable).parent / command
+    done = subprocess.run([script, *map(str, argv)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith(f"{command}: error: ")]
+    assert len(errors) == 1 and "down_proj.weight contains NaN or inf" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Engine core initialization failed" not in done.stderr

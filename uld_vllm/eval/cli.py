@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reference-batch-size", type=int, default=32)
     run.add_argument("--ray", action="store_true", help="shard the examples across Ray engine replicas")
     run.add_argument("--num-replicas", type=int, default=1)
+    run.add_argument(
+        "--judge",
+        default=None,
+        help="plain HF checkpoint that scores each greedy answer's fluency (fluency_nll; aggregate's Gibberish rates)",
+    )
     run.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
 
     agg = commands.add_parser("aggregate", help="Model Utility and Forget Quality from eval logs (TOFU's formulas)")
@@ -82,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         reference_batch_size=args.reference_batch_size,
         ray=args.ray,
         num_replicas=args.num_replicas,
+        judge=args.judge,
     )
     result = evaluate(settings)
     t = result.timings
@@ -89,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
         f"{t.scored_tokens} tokens scored in {t.score_seconds:.1f} s, {t.generated_tokens} generated in "
         f"{t.generate_seconds:.1f} s, load {t.load_seconds:.1f} s"
     )
+    if t.judge_seconds:
+        timing += f", judged in {t.judge_seconds:.1f} s"
     if set(settings.splits) != set(SPLIT_FILES):
         print(f"uld-eval: wrote {args.output} ({', '.join(settings.splits)}) | {timing}")
         return 0

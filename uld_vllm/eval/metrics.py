@@ -53,6 +53,10 @@ LOG_KEYS: tuple[str, ...] = (
     "num_token_paraphrased",  # tokens scored in the paraphrased answer
     "num_token_perturb",  # list: tokens scored per perturbed answer
 )
+# With `uld-eval run --judge JUDGE`: the judge LM's mean NLL per token of each greedy answer after its question (same
+# prompt format), nats; None for an empty answer. Not TOFU's: it tells a fluent wrong answer from noise.
+FLUENCY_KEY = "fluency_nll"
+GIBBERISH_QUANTILE = 0.95  # an answer is gibberish above this quantile of the retain model's own answers' NLL
 # The keys the aggregation reads; a log lacking one cannot be scored.
 AGGREGATED_KEYS: tuple[str, ...] = ("avg_gt_loss", "rougeL_recall", "avg_paraphrased_loss", "average_perturb_loss")
 # Splits whose "Prob." is the plain probability of the true answer (TOFU: `'eval_log' in k`); on the real-author and
@@ -271,11 +275,32 @@ def forget_quality(logs: EvalLogs, retain_logs: EvalLogs) -> dict[str, float]:
     return {"Forget Quality": pvalue, "KS Test PVal Forget": pvalue, "KS Test Forget": float(test.statistic)}
 
 
+def gibberish_rate(logs: EvalLogs, retain_logs: EvalLogs) -> dict[str, float]:
+    """Per split both logs judged (FLUENCY_KEY), "Gibberish {split}": the share of answers whose judge NLL exceeds
+    the GIBBERISH_QUANTILE of the retain model's own answers' NLL on the same split; ROUGE and the truth ratio count
+    noise as forgetting, this does not. Empty answers count as neither."""
+    result = {}
+    for split, name in SPLIT_NAMES.items():
+        ours, theirs = (
+            [v for v in log.get(split, {}).get(FLUENCY_KEY, {}).values() if v is not None]
+            for log in (logs, retain_logs)
+        )
+        if ours and theirs:
+            result[f"Gibberish {name}"] = float(np.mean(np.asarray(ours) > gibberish_threshold(theirs)))
+    return result
+
+
+def gibberish_threshold(retain_values: Sequence[float]) -> float:
+    """The judge NLL above which an answer counts as gibberish: GIBBERISH_QUANTILE of the retain model's answers'."""
+    return float(np.quantile(retain_values, GIBBERISH_QUANTILE))
+
+
 def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
     """TOFU's summary of one model's eval logs, as a flat dict of Python floats.
 
     Keys are TOFU's ("ROUGE Retain", "Prob. Real Authors", "Truth Ratio Forget", ..., "Model Utility", and, given the
-    retain model's logs, "Forget Quality", "KS Test PVal Forget", "KS Test Forget"), then snake_case conveniences:
+    retain model's logs, "Forget Quality", "KS Test PVal Forget", "KS Test Forget" and, for judged logs, "Gibberish
+    {split}"), then snake_case conveniences:
     model_utility, rouge_retain, rouge_forget and, with retain logs, forget_quality. Without retain logs there is no
     Forget Quality, and its keys are absent.
     """
@@ -284,6 +309,7 @@ def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
     if retain_logs is not None:
         _check_logs(retain_logs, "retain logs")
         result.update(forget_quality(logs, retain_logs))
+        result.update(gibberish_rate(logs, retain_logs))
     result["model_utility"] = result["Model Utility"]
     result["rouge_retain"] = result["ROUGE Retain"]
     result["rouge_forget"] = result["ROUGE Forget"]

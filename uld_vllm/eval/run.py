@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from uld_vllm.eval.data import SPLIT_FILES, EvalExample, read_eval_data
 from uld_vllm.eval.metrics import (
+    FLUENCY_KEY,
     FORGET_LOG,
     REAL_AUTHORS_LOG,
     REAL_WORLD_LOG,
@@ -58,6 +59,9 @@ class EvalSettings:
     ray: bool = False
     num_replicas: int = 1
     progress: bool = True
+    # A plain HF checkpoint that judges each greedy answer's fluency (metrics.FLUENCY_KEY): the pretrained model before
+    # fine-tuning on real TOFU, the retain model on mini-TOFU. None: no fluency measure.
+    judge: str | None = None
 
 
 @dataclass
@@ -67,6 +71,7 @@ class EvalTimings:
     load_seconds: float = 0.0  # engine start or HF load
     score_seconds: float = 0.0
     generate_seconds: float = 0.0
+    judge_seconds: float = 0.0  # the judge's scoring of the greedy answers (its load counts in load_seconds)
     scored_tokens: int = 0  # answer tokens scored (teacher-forced)
     generated_tokens: int = 0
 
@@ -275,6 +280,9 @@ def evaluate(settings: EvalSettings) -> EvalResult:
     from uld_vllm.engine import check_model
 
     model = check_model(settings.model, settings.weight, settings.filter)
+    judge = None if settings.judge is None else check_model(settings.judge)
+    if judge is not None and judge.bundle is not None:
+        raise EvalError(f"--judge {settings.judge} is a ULD bundle; the judge is a plain LM (e.g. the pretrained base)")
     config = model.config
     if model.bundle is not None:
         from uld_vllm.plugin import install_scoring_hooks, scoring_hooks_installed
@@ -307,10 +315,58 @@ def evaluate(settings: EvalSettings) -> EvalResult:
             timings.add(work)
         finally:
             backend.close()
+    if judge is not None:
+        judge_answers(settings, judge, examples, records, timings)
     result = EvalResult(tofu_layout(records), timings)
     if settings.output:
         write_logs(result, Path(settings.output), settings)
     return result
+
+
+def judge_answers(
+    settings: EvalSettings,
+    judge: CheckedModel,
+    examples: dict[str, list[EvalExample]],
+    records: dict[str, dict[int, dict[str, Any]]],
+    timings: EvalTimings,
+) -> None:
+    """Adds FLUENCY_KEY to every record: the judge's mean NLL per token of the greedy answer after its question, in
+    the judge's prompt format; one scoring pass of the judge, after the evaluated model's engine is closed."""
+    keys = [(split, index) for split, by_index in records.items() for index in by_index]
+    questions = [examples[split][index].question for split, index in keys]
+    answers = [records[split][index]["generated_text"][1] for split, index in keys]
+    started = time.perf_counter()
+    for (split, index), value in zip(keys, judge_nll(settings, judge, questions, answers), strict=True):
+        records[split][index][FLUENCY_KEY] = value
+    timings.judge_seconds += time.perf_counter() - started
+
+
+def judge_nll(
+    settings: EvalSettings, judge: CheckedModel, questions: list[str], answers: list[str]
+) -> list[float | None]:
+    """The judge's mean NLL per token of each answer after its question (its prompt format), through the backend
+    and dtype of `settings`; None for an empty answer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(judge.path)
+    pairs = [
+        (prompt_ids(tokenizer, q), answer_ids(tokenizer, a) if a else [])
+        for q, a in zip(questions, answers, strict=True)
+    ]
+    judged = [i for i, (_, ids) in enumerate(pairs) if ids]
+    values: list[float | None] = [None] * len(pairs)
+    if not judged:
+        return values
+    judged_pairs = [pairs[i] for i in judged]
+    context = max(len(p) + len(a) for p, a in judged_pairs) + 1
+    backend = _open_backend(replace(settings, weight=None, filter=None), judge, context, None, {})
+    try:
+        scores = backend.score(judged_pairs)
+    finally:
+        backend.close()
+    for i, logprobs in zip(judged, scores, strict=True):
+        values[i] = -sum(logprobs) / len(logprobs)
+    return values
 
 
 def _open_backend(
