@@ -26,6 +26,7 @@ from uld_train.finetune import FinetuneConfig, finetune
 from uld_train.loop import train
 from uld_vllm import smollm2_tofu as study
 from uld_vllm import stamps, tofu
+from uld_vllm.engine import in_process_engine_core
 from uld_vllm.errors import command
 from uld_vllm.fetch import fetch
 from uld_vllm.machine import cpu_dtype, cpu_flags, machine_info
@@ -276,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--dir", type=Path, default=Path("out/tofu"), help="work directory (default out/tofu)")
     b.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     args = parser.parse_args(argv)
+    in_process_engine_core()  # a killed rebuild leaves no engine process behind
     config = replace(FinetuneConfig(), autocast=cpu_dtype(cpu_flags()))
     invocation = "uld-tofu build" + (f" --dir {args.dir}" if args.dir != Path("out/tofu") else "")
     build(args.dir, config, invocation, args.progress)
