@@ -27,6 +27,7 @@ from uld_vllm.bundle import (
     hand_over,
     read_bundle,
     read_json,
+    take_handed_over,
     weight_shapes,
 )
 from uld_vllm.errors import UldError
@@ -166,8 +167,11 @@ def make_llm(
         "uld_filter": settings.filter,
     }
     hand_over(model.bundle)
-    with engine_errors_as_one_line():
-        return LLM(model=str(model.path), hf_overrides=overrides, **kwargs)
+    try:
+        with engine_errors_as_one_line():
+            return LLM(model=str(model.path), hf_overrides=overrides, **kwargs)
+    finally:  # taken by the model; left over only if the engine failed before building it, and then never reused
+        take_handed_over(model.path)
 
 
 @contextmanager

@@ -71,7 +71,7 @@ class EvalTimings:
     load_seconds: float = 0.0  # engine start or HF load
     score_seconds: float = 0.0
     generate_seconds: float = 0.0
-    judge_seconds: float = 0.0  # the judge's scoring of the greedy answers (its load counts in load_seconds)
+    judge_seconds: float = 0.0  # the fluency judge: its engine start and its scoring of the greedy answers
     scored_tokens: int = 0  # answer tokens scored (teacher-forced)
     generated_tokens: int = 0
 
