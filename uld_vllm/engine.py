@@ -92,6 +92,12 @@ def default_llm_kwargs(given: dict[str, Any] | None = None) -> dict[str, Any]:
     }
     if "dtype" not in given:
         defaults["dtype"] = default_dtype()
+    if not has_cuda():  # vLLM's C++ RMSNorm (uld_vllm.cpu_kernels)
+        from uld_vllm.cpu_kernels import norm_priority
+
+        defaults["ir_op_priority"] = norm_priority()
+        if not defaults["ir_op_priority"]:
+            del defaults["ir_op_priority"]
     return defaults | given
 
 

@@ -95,6 +95,7 @@ def register() -> None:
     serves, and a plugin that fails there would break models that have nothing to do with ULD."""
     steps = (
         _register_model,
+        register_rms_norm,
         install_scoring_hooks,
         install_fused_sampling,
         install_cpu_seed_rewind,
@@ -113,6 +114,12 @@ def register() -> None:
             )
     if not _vllm_version().startswith(TESTED_VLLM):
         logger.warning("uld: tested with vLLM %s, running on %s", "/".join(TESTED_VLLM), _vllm_version())
+
+
+def register_rms_norm() -> bool:
+    from uld_vllm.cpu_kernels import register_rms_norm
+
+    return register_rms_norm()
 
 
 def _register_model() -> None:

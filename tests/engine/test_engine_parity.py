@@ -84,6 +84,15 @@ def test_prompt_logprobs_are_scoring_mode_uld_logprobs(case):
         assert (want < -5).any() and (got > -100).all()
 
 
+def test_the_engine_normalizes_with_vllm_c_kernels_on_cpu(case):
+    """The greedy and log-prob parity above then holds for them (uld_vllm.cpu_kernels)."""
+    from uld_vllm.cpu_kernels import PROVIDER
+
+    _, llm, _ = case
+    priority = llm.llm_engine.vllm_config.kernel_config.ir_op_priority
+    assert priority.rms_norm[0] == priority.fused_add_rms_norm[0] == PROVIDER
+
+
 def test_weight_zero_reproduces_plain_vllm_on_the_target(bundle_factory):
     bundle = bundle_factory(family="llama", assistant="lora", filter=0.1, assistant_layers=2)
     prompts = mixed_prompts(16, 400, seed=3)

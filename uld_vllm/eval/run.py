@@ -115,6 +115,10 @@ class VllmBackend:
         # A question's prompt is cached in whole blocks only: vLLM's CPU default (128 tokens) is longer than a TOFU
         # prompt; 32 is the smallest the CPU attention takes.
         kwargs |= {"enable_prefix_caching": True} | ({} if has_cuda() else {"block_size": 32})
+        if model.bundle is not None and not has_cuda():
+            # The merged assistant copy: on CPU an evaluation is compute-bound, where the shared weights' LoRA passes
+            # cost more than the copy's memory (K of the target's layers) saves (bench/results/README.md).
+            kwargs["hf_overrides"] = {"uld_share_weights": False}
         self.llm = make_llm(model, **(kwargs | engine_args))  # checked by evaluate() (a Ray shard's driver)
         self.progress = settings.progress
 

@@ -1,0 +1,48 @@
+"""vLLM's C++ RMSNorm, registered for CPU engines: the same values as vLLM's PyTorch form, and the form engines run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uld_vllm import cpu_kernels
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from vllm import ir
+
+    if not cpu_kernels.register_rms_norm():
+        pytest.skip("this vLLM build has no CPU RMSNorm kernel")
+    return ir.ops
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_the_c_kernels_equal_vllm_native_rms_norm_in_float32(ops, rows):
+    torch.manual_seed(rows)
+    x, residual, weight = torch.randn(rows, 96), torch.randn(rows, 96), torch.randn(96)
+    for op in (ops.rms_norm, ops.fused_add_rms_norm):
+        native, ours = op.impls["native"].impl_fn, op.impls[cpu_kernels.PROVIDER].impl_fn
+        args = (x.clone(), weight, 1e-6) if op is ops.rms_norm else (x.clone(), residual.clone(), weight, 1e-6)
+        want = native(*args)
+        args = (x.clone(), weight, 1e-6) if op is ops.rms_norm else (x.clone(), residual.clone(), weight, 1e-6)
+        got = ours(*args)
+        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_arguments_the_kernels_do_not_take_fall_back_to_native(ops):
+    impl = ops.rms_norm.impls[cpu_kernels.PROVIDER]
+    x = torch.randn(4, 8)
+    assert impl.supports_args(x, torch.ones(8), 1e-6)
+    assert not impl.supports_args(x, None, 1e-6)  # no weight
+    assert not impl.supports_args(x, torch.ones(8, dtype=torch.float64), 1e-6)  # another dtype
+    assert not impl.supports_args(x.t(), torch.ones(4), 1e-6)  # strided
+    assert not impl.supports_args(x, torch.ones(8), 1e-6, 4)  # variance over part of the row
+
+
+def test_cpu_engines_ask_for_the_c_kernels_first(ops):
+    from uld_vllm.engine import default_llm_kwargs
+
+    priority = default_llm_kwargs()["ir_op_priority"]
+    assert priority == {"rms_norm": [cpu_kernels.PROVIDER], "fused_add_rms_norm": [cpu_kernels.PROVIDER]}
