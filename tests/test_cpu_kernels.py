@@ -21,14 +21,12 @@ def ops():
 def test_the_c_kernels_equal_vllm_native_rms_norm_in_float32(ops, rows):
     torch.manual_seed(rows)
     x, residual, weight = torch.randn(rows, 96), torch.randn(rows, 96), torch.randn(96)
-    for op in (ops.rms_norm, ops.fused_add_rms_norm):
-        native, ours = op.impls["native"].impl_fn, op.impls[cpu_kernels.PROVIDER].impl_fn
-        args = (x.clone(), weight, 1e-6) if op is ops.rms_norm else (x.clone(), residual.clone(), weight, 1e-6)
-        want = native(*args)
-        args = (x.clone(), weight, 1e-6) if op is ops.rms_norm else (x.clone(), residual.clone(), weight, 1e-6)
-        got = ours(*args)
-        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
-            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    cases = ((ops.rms_norm, lambda: (x.clone(), weight, 1e-6)),
+             (ops.fused_add_rms_norm, lambda: (x.clone(), residual.clone(), weight, 1e-6)))  # fmt: skip
+    for op, args in cases:
+        want = op.impls["native"].impl_fn(*args())
+        got = op.impls[cpu_kernels.PROVIDER].impl_fn(*args())  # fresh copies: the fused op works in place
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_arguments_the_kernels_do_not_take_fall_back_to_native(ops):
