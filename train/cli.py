@@ -15,6 +15,7 @@ EPILOG = """examples:
   uld-train --target DIR --forget tofu:forget05 --retain tofu:retain95 --output bundle
   uld-train --target llama --forget forget10.json --retain retain90.json --output uld-bundle
   uld-train --method npo_gd --target llama --forget forget10.json --retain retain90.json --output npo-model
+  uld-train ... --snapshot-every 1 --eval-data tofu:forget05   (every epoch's model scored through one engine)
 Data: parquet or JSON lines with question/answer columns; paraphrased_question, paraphrased_answer and
 perturbed_answer columns, when present, augment the data (see uld_train.data). tofu:NAME is TOFU's own file NAME,
 shipped with uld: full, forget01|05|10, retain99|95|90, forget01|05|10_perturbed, retain_perturbed,
@@ -100,17 +101,48 @@ def parser() -> argparse.ArgumentParser:
         "--filter", type=float, default=0.0, help="uld: relative-top filter r written into the bundle (default 0)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.add_argument(
+        "--eval-data",
+        default=None,
+        metavar="DIR|tofu:NAME",
+        help="after training, TOFU-evaluate each snapshot and the output through one engine into OUTPUT.eval/<name>",
+    )
     return p
 
 
 @command("uld-train")
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    result = train(TrainConfig(**vars(args)))
+    args = vars(parser().parse_args(argv))
+    eval_data = args.pop("eval_data")
+    config = TrainConfig(**args)
+    if eval_data is not None:
+        from uld_vllm.engine import in_process_engine_core
+        from uld_vllm.eval.data import read_eval_data
+
+        in_process_engine_core()
+        read_eval_data(eval_data)  # bad data fails now, not after the training
+    result = train(config)
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if k not in ("step", "epoch", "elapsed_s"))
     what = f"ULD bundle (K={result.layers})" if result.layers is not None else "HF checkpoint"
     print(f"uld-train: wrote {what} to {result.output} after {result.steps} steps ({terms})")
+    if eval_data is not None:
+        evaluate_run(config, eval_data)
     return 0
+
+
+def evaluate_run(config: TrainConfig, data: str) -> None:
+    """The run's snapshots (by epoch) and its output through one engine (uld-eval's evaluate_checkpoints): a sweep
+    pays one engine start per run, not one per checkpoint."""
+    from uld_vllm.eval.cli import summary_line
+    from uld_vllm.eval.run import EvalSettings, evaluate_checkpoints
+
+    snapshots = config.snapshot_dir.glob("epoch-*") if config.snapshot_dir.is_dir() else []
+    models = [str(p) for p in sorted(snapshots, key=lambda p: int(p.name.split("-")[1]))] + [str(config.output)]
+    root = config.output.with_name(config.output.name + ".eval")
+    outputs = [str(root / Path(model).name) for model in models]
+    settings = EvalSettings(model=models[0], data=data, progress=config.progress)
+    for output, result in zip(outputs, evaluate_checkpoints(settings, models, outputs), strict=True):
+        print(f"uld-train: evaluated {output}{summary_line(result, settings.splits)}")
 
 
 if __name__ == "__main__":

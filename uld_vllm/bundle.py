@@ -118,6 +118,24 @@ class Bundle:
     def num_layers(self) -> int:
         return self.config["num_hidden_layers"]
 
+    def check_same_target(self, other: Bundle) -> None:
+        """Refuse `other` in an engine serving this bundle unless it is another assistant (same K and format) over
+        the same target weights: the same files, as bundles linked to one target (uld-train's snapshots) have."""
+        if (other.settings.assistant_layers, other.settings.assistant_format) != (
+            self.settings.assistant_layers,
+            self.settings.assistant_format,
+        ):
+            raise BundleError(
+                f"{other.path} has a {other.settings.assistant_format} assistant of K={other.settings.assistant_layers}"
+                f"; the engine serves K={self.settings.assistant_layers} ({self.settings.assistant_format})"
+            )
+        if _target_files(other.path) != _target_files(self.path):
+            raise BundleError(f"{other.path} is over other target weights than {self.path} (not the same files)")
+
+
+def _target_files(path: Path) -> list[Path]:
+    return [file.resolve() for file in sorted(path.glob("*.safetensors"))]
+
 
 def read_json(path: Path, what: str) -> dict:
     if not path.exists():

@@ -34,7 +34,7 @@ from uld_vllm.bundle import (
 from uld_vllm.combine import Mode, combine
 from uld_vllm.fused import RawLogits, fused_backend
 from uld_vllm.head import AssistantHead, SparseRule, head_logits
-from uld_vllm.shared import SharedBackbone, can_share, stack_streams, wrap_layers
+from uld_vllm.shared import SharedBackbone, can_share, stack_streams, unwrap_layers, wrap_layers
 
 # Which caller compute_logits serves. Sampling needs generation mode (implausible tokens at -1e3); prompt log-probs
 # (teacher-forced scoring, what TOFU metrics read) need scoring mode. vLLM calls one method for both, so the plugin
@@ -187,6 +187,8 @@ class ULDForCausalLM(nn.Module):
             return combine(logits.target, logits.assistant, weight, filter, mode, logits.implausible, logits.columns)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        if self.shared:  # a reload (serve): the target's layers under their own names while they load
+            unwrap_layers(self.target.model.layers)
         loaded = {f"target.{name}" for name in self.target.load_weights(_checked(weights, "target"))}
         if self.shared:
             wrap_layers(self.target.model.layers, self.assistant_attention, assistant_lora(self.bundle))
@@ -194,6 +196,13 @@ class ULDForCausalLM(nn.Module):
         layers = assistant_layer_tensors(self.bundle)  # layers 0..K-1 only; shared tensors are the target's
         loaded |= {f"assistant.{name}" for name in self.assistant.load_weights(layers.items())}
         return loaded
+
+    def serve(self, bundle: Bundle) -> None:
+        """Serve another assistant of the same target (a training run's next snapshot), with its weight and filter,
+        from the next reload of the weights on (vLLM's in-place `reload_weights`, which calls load_weights): the
+        engine is not rebuilt."""
+        self.bundle.check_same_target(bundle)
+        self.bundle, self.settings = bundle, bundle.settings
 
 
 def _attention_like(self_attn: nn.Module, vllm_config: VllmConfig, prefix: str) -> nn.Module:

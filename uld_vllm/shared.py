@@ -108,6 +108,15 @@ class SplitAttention(nn.Module):
         return torch.cat([self.target(q[:half], k[:half], v[:half]), self.assistant(q[half:], k[half:], v[half:])])
 
 
+def unwrap_layers(layers: nn.ModuleList) -> None:
+    """Undo wrap_layers' LoRA wrappers (the target's linear layers under their own names again), so the target's
+    weights can be reloaded in place and another assistant's LoRA wrapped around them."""
+    for module in list(layers.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, StackedLoRALinear):
+                setattr(module, name, child.base)
+
+
 def wrap_layers(layers: nn.ModuleList, assistant_attention: nn.ModuleList, pairs: dict[str, LoraPair]) -> None:
     """Turn the target's first K layers (K = len(assistant_attention)) into stacked two-stream layers, in place."""
     for index, attention in enumerate(assistant_attention):
@@ -125,7 +134,8 @@ def wrap_layers(layers: nn.ModuleList, assistant_attention: nn.ModuleList, pairs
             weight = base.weight
             a, b = (t.to(device=weight.device, dtype=weight.dtype) for t in lora)
             setattr(parent, leaf, StackedLoRALinear(base, a, b))
-        layer.self_attn.attn = SplitAttention(layer.self_attn.attn, attention)
+        if not isinstance(layer.self_attn.attn, SplitAttention):  # a reload keeps the split attention
+            layer.self_attn.attn = SplitAttention(layer.self_attn.attn, attention)
 
 
 def can_share(layers: nn.ModuleList, tensor_parallel: int, quantized: bool) -> str | None:

@@ -148,3 +148,29 @@ def test_snapshots_are_the_model_after_each_epoch_and_the_last_one_is_the_output
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     early = final(config.snapshot_dir / "epoch-1")
     assert early.keys() == got.keys() and any(not torch.equal(early[k], got[k]) for k in got)  # training went on
+
+
+@pytest.mark.vllm
+def test_eval_data_scores_each_snapshot_and_the_output_through_one_engine(config, tmp_path, capsys, monkeypatch):
+    from eval.eval_data import write_eval_dir
+
+    import uld_vllm.engine
+    from uld_train.cli import main
+    from uld_vllm.eval.metrics import FORGET_LOG, load_eval_logs
+
+    monkeypatch.setenv("ULD_DTYPE", "float32")
+    starts = []
+    make_llm = uld_vllm.engine.make_llm
+    monkeypatch.setattr(uld_vllm.engine, "make_llm", lambda *a, **k: starts.append(1) or make_llm(*a, **k))
+    data = write_eval_dir(tmp_path / "eval-data")
+    argv = ["--target", config.target, "--forget", config.forget, "--retain", config.retain, "--output", config.output,
+            "--epochs", 2, "--batch-size", 4, "--snapshot-every", 1, "--no-progress", "--eval-data", data]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    root = config.output.with_name("bundle.eval")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("uld-train: evaluated")]
+    assert [line.split(" | ")[0] for line in lines] == [
+        f"uld-train: evaluated {root / n}" for n in ("epoch-1", "bundle")
+    ]
+    assert len(starts) == 1
+    early, final = (load_eval_logs(root / n)[FORGET_LOG]["avg_gt_loss"] for n in ("epoch-1", "bundle"))
+    assert early != final  # the snapshot's assistant, not the final one, scored epoch 1

@@ -1,7 +1,8 @@
 """`uld-eval`: TOFU evaluation through the engine (`run`) and TOFU's aggregation of the logs (`aggregate`).
 
-uld-eval run --model BUNDLE_OR_HF_DIR --data DIR|tofu:forgetNN --output DIR [--backend vllm|reference]
+uld-eval run --model BUNDLE_OR_HF_DIR [MORE ...] --data DIR|tofu:forgetNN --output DIR [--backend vllm|reference]
     [--ray --num-replicas N]
+    Several --model checkpoints of one model (uld-train's snapshots) share one engine; each writes OUTPUT/<its name>.
 uld-eval aggregate --logs PATH [--retain-logs PATH] [--output FILE]
 """
 
@@ -15,8 +16,8 @@ from pathlib import Path
 from uld_vllm.engine import DTYPE_ENV, DTYPES, in_process_engine_core, quiet_vllm
 from uld_vllm.errors import command
 from uld_vllm.eval.data import SPLIT_FILES
-from uld_vllm.eval.metrics import aggregate, load_eval_logs
-from uld_vllm.eval.run import EvalSettings, evaluate
+from uld_vllm.eval.metrics import EvalError, aggregate, load_eval_logs
+from uld_vllm.eval.run import EvalResult, EvalSettings, evaluate_checkpoints
 
 SUMMARY_KEYS = ("model_utility", "forget_quality", "rouge_forget", "rouge_retain")
 
@@ -26,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="evaluate a ULD bundle or an HF checkpoint on one split's data")
-    run.add_argument("--model", required=True, help="ULD bundle or plain HF checkpoint directory")
+    run.add_argument(
+        "--model",
+        required=True,
+        nargs="+",
+        help="ULD bundle or plain HF checkpoint directory; several: checkpoints of one model through one engine",
+    )
     run.add_argument(
         "--data",
         required=True,
@@ -74,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     quiet_vllm(args.verbose)
     in_process_engine_core()
+    outputs = checkpoint_outputs(args.model, args.output)
     settings = EvalSettings(
-        model=args.model,
+        model=args.model[0],
         data=args.data,
         splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
         output=args.output,
@@ -89,7 +96,23 @@ def _run(args: argparse.Namespace) -> int:
         num_replicas=args.num_replicas,
         judge=args.judge,
     )
-    result = evaluate(settings)
+    for output, result in zip(outputs, evaluate_checkpoints(settings, args.model, outputs), strict=True):
+        print(f"uld-eval: wrote {output}{summary_line(result, settings.splits)}")
+    return 0
+
+
+def checkpoint_outputs(models: list[str], output: str) -> list[str]:
+    """One model: its logs in OUTPUT. Several: each in OUTPUT/<its directory's name>, which must differ."""
+    if len(models) == 1:
+        return [output]
+    names = [Path(model).resolve().name for model in models]
+    if len(set(names)) != len(names):
+        raise EvalError(f"several --model directories share a name ({', '.join(names)}): their logs would collide")
+    return [str(Path(output) / name) for name in names]
+
+
+def summary_line(result: EvalResult, splits: tuple[str, ...]) -> str:
+    """What an evaluation printed after its output directory: its headline numbers, then where its time went."""
     t = result.timings
     timing = (
         f"{t.scored_tokens} tokens scored in {t.score_seconds:.1f} s, {t.generated_tokens} generated in "
@@ -97,15 +120,13 @@ def _run(args: argparse.Namespace) -> int:
     )
     if t.judge_seconds:
         timing += f", judged in {t.judge_seconds:.1f} s"
-    if set(settings.splits) != set(SPLIT_FILES):
-        print(f"uld-eval: wrote {args.output} ({', '.join(settings.splits)}) | {timing}")
-        return 0
+    if set(splits) != set(SPLIT_FILES):
+        return f" ({', '.join(splits)}) | {timing}"
     summary = aggregate(result.logs, None)
-    print(
-        f"uld-eval: wrote {args.output} | Model Utility {summary['model_utility']:.4f}, ROUGE-L forget "
-        f"{summary['rouge_forget']:.3f}, retain {summary['rouge_retain']:.3f} | {timing}"
+    return (
+        f" | Model Utility {summary['model_utility']:.4f}, ROUGE-L forget {summary['rouge_forget']:.3f}, "
+        f"retain {summary['rouge_retain']:.3f} | {timing}"
     )
-    return 0
 
 
 def _aggregate(args: argparse.Namespace) -> int:

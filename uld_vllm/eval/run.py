@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,6 +95,9 @@ class Backend(Protocol):
     def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
         """Greedy token ids after each prompt (EOS included when reached)."""
 
+    def swap(self, model: CheckedModel) -> None:
+        """Evaluate `model` from now on: another checkpoint of the same model (a training run's next snapshot)."""
+
     def close(self) -> None: ...
 
 
@@ -120,6 +123,7 @@ class VllmBackend:
             # cost more than the copy's memory (K of the target's layers) saves (bench/results/README.md).
             kwargs["hf_overrides"] = {"uld_share_weights": False}
         self.llm = make_llm(model, **(kwargs | engine_args))  # checked by evaluate() (a Ray shard's driver)
+        self.model = model
         self.progress = settings.progress
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -134,6 +138,18 @@ class VllmBackend:
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=self.progress)
         return [list(o.outputs[0].token_ids) for o in outputs]
 
+    def swap(self, model: CheckedModel) -> None:
+        """The new weights go into this engine through vLLM's in-place reload (no new engine start); the prefix
+        cache, computed with the old weights, is dropped. A bundle must be another assistant of the served target,
+        a plain checkpoint the served model's shapes."""
+        check_swappable(self.model, model)
+        if model.bundle is not None:
+            bundle = model.bundle
+            self.llm.apply_model(lambda served: served.serve(bundle))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model.path)})
+        self.llm.reset_prefix_cache()
+        self.model = model
+
     def close(self) -> None:
         from uld_vllm.engine import shutdown_llm
 
@@ -146,16 +162,8 @@ class ReferenceBackend:
     def __init__(self, settings: EvalSettings, model: CheckedModel, eos_token_id: int | None) -> None:
         import torch
 
-        from uld_vllm.reference import ReferenceDecoder
-
-        torch_dtype = getattr(torch, "float32" if settings.dtype == "auto" else settings.dtype)
-        if model.bundle is not None:
-            self.decoder = ReferenceDecoder.from_bundle(model.bundle, dtype=torch_dtype)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=torch_dtype)
-            self.decoder = ReferenceDecoder.single(model)
+        self.dtype = getattr(torch, "float32" if settings.dtype == "auto" else settings.dtype)
+        self.swap(model)
         self.batch_size = settings.reference_batch_size
         self.eos_token_id = eos_token_id
         self.progress = settings.progress
@@ -178,8 +186,37 @@ class ReferenceBackend:
             out.extend(self.decoder.generate(chunk, max_tokens, eos_token_id=self.eos_token_id))
         return out
 
+    def swap(self, model: CheckedModel) -> None:
+        """Loads `model` (an HF load takes about a second: nothing to reuse)."""
+        from uld_vllm.reference import ReferenceDecoder
+
+        if model.bundle is not None:
+            self.decoder = ReferenceDecoder.from_bundle(model.bundle, dtype=self.dtype)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            hf_model = AutoModelForCausalLM.from_pretrained(model.path, dtype=self.dtype)
+            self.decoder = ReferenceDecoder.single(hf_model)
+
     def close(self) -> None:
         pass
+
+
+SHAPE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "tie_word_embeddings")  # fmt: skip
+
+
+def check_swappable(served: CheckedModel, model: CheckedModel) -> None:
+    """Whether `model` can take `served`'s place in an open engine (`Backend.swap`): another assistant of the same
+    target for a bundle (`Bundle.check_same_target`), the same shapes for a plain checkpoint."""
+    if (model.bundle is None) != (served.bundle is None):
+        raise EvalError(f"{model.path} and {served.path} are not both ULD bundles or both plain checkpoints")
+    if model.bundle is not None and served.bundle is not None:
+        served.bundle.check_same_target(model.bundle)
+        return
+    differ = [k for k in SHAPE_KEYS if model.config.get(k) != served.config.get(k)]
+    if differ:
+        raise EvalError(f"{model.path} differs from {served.path} in {', '.join(differ)}: not the same model's weights")
 
 
 # ---------------------------------------------------------------------------------------------------- evaluating
@@ -273,23 +310,38 @@ def _timed(timings: EvalTimings) -> Iterator[None]:
 
 def evaluate(settings: EvalSettings) -> EvalResult:
     """Check everything that can fail cheaply, then evaluate all four splits and (optionally) write the logs."""
+    return evaluate_checkpoints(settings, [settings.model], [settings.output])[0]
+
+
+def evaluate_checkpoints(
+    settings: EvalSettings, models: Sequence[str], outputs: Sequence[str | None]
+) -> list[EvalResult]:
+    """`evaluate` for checkpoints of one model (a training run's snapshots) through one engine: the first starts it,
+    each next one's weights are swapped in (`Backend.swap`); the judge scores all their answers in one pass.
+    `settings.model` is ignored; model i's logs go to outputs[i]."""
     from transformers import AutoTokenizer
 
-    from uld_vllm.engine import resolve_dtype
+    from uld_vllm.engine import check_model, resolve_dtype
 
     settings = replace(settings, dtype=resolve_dtype(settings.dtype))  # run.json records the dtype that ran
     if settings.max_new_tokens < 1 or settings.num_replicas < 1 or settings.reference_batch_size < 1:
         raise EvalError("--max-new-tokens, --num-replicas and --reference-batch-size must be >= 1")
     if settings.ray and settings.backend != "vllm":
         raise EvalError("--ray runs vLLM engine replicas; the reference backend runs in one process")
-    from uld_vllm.engine import check_model
-
-    model = check_model(settings.model, settings.weight, settings.filter)
+    if len(models) != len(outputs) or not models:
+        raise EvalError(f"{len(models)} models for {len(outputs)} outputs")
+    written = [o for o in outputs if o is not None]
+    if len({Path(o).resolve() for o in written}) != len(written):
+        raise EvalError("two models would write their logs to the same output directory")
+    if settings.ray and len(models) > 1:
+        raise EvalError("--ray evaluates one model (its replicas split the questions, not the checkpoints)")
+    checked = [check_model(model, settings.weight, settings.filter) for model in models]
+    for model in checked[1:]:
+        check_swappable(checked[0], model)
     judge = None if settings.judge is None else check_model(settings.judge)
     if judge is not None and judge.bundle is not None:
         raise EvalError(f"--judge {settings.judge} is a ULD bundle; the judge is a plain LM (e.g. the pretrained base)")
-    config = model.config
-    if model.bundle is not None:
+    if any(model.bundle is not None for model in checked):
         from uld_vllm.plugin import install_scoring_hooks, scoring_hooks_installed
 
         install_scoring_hooks()  # idempotent; vLLM installs it too, but only once an engine starts
@@ -299,7 +351,9 @@ def evaluate(settings: EvalSettings) -> EvalResult:
                 "would score in generation mode; use the vLLM version uld pins or --backend reference"
             )
     examples = read_eval_data(settings.data, settings.splits)
+    settings = replace(settings, model=str(models[0]))  # its tokenizer serves all: the checkpoints are one model's
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    config = checked[0].config
     encoded = {split: encode_examples(tokenizer, split, rows, config["vocab_size"]) for split, rows in examples.items()}
     needed = needed_context(encoded, settings.max_new_tokens)
     context = config.get("max_position_embeddings")
@@ -309,41 +363,56 @@ def evaluate(settings: EvalSettings) -> EvalResult:
             f"over the model's context of {context}"
         )
     indexed = {split: list(enumerate(rows)) for split, rows in encoded.items()}
+    runs: list[tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]] = []
     if settings.ray:
-        records, timings = _evaluate_with_ray(settings, model, indexed, examples, needed + 1)
+        runs.append(_evaluate_with_ray(settings, checked[0], indexed, examples, needed + 1))
     else:
-        timings = EvalTimings()
-        with _timed(timings):
-            backend = _open_backend(settings, model, needed + 1, tokenizer.eos_token_id, {})
+        backend: Backend | None = None
         try:
-            records, work = evaluate_examples(backend, tokenizer, indexed, examples, settings.max_new_tokens)
-            timings.add(work)
+            for model in checked:
+                timings = EvalTimings()
+                with _timed(timings):
+                    if backend is None:
+                        backend = _open_backend(settings, model, needed + 1, tokenizer.eos_token_id, {})
+                    else:
+                        backend.swap(model)
+                records, work = evaluate_examples(backend, tokenizer, indexed, examples, settings.max_new_tokens)
+                timings.add(work)
+                runs.append((records, timings))
         finally:
-            backend.close()
+            if backend is not None:
+                backend.close()
     if judge is not None:
-        judge_answers(settings, judge, examples, records, timings)
-    result = EvalResult(tofu_layout(records), timings)
-    if settings.output:
-        write_logs(result, Path(settings.output), settings)
-    return result
+        judge_answers(settings, judge, examples, runs)
+    results = []
+    for model, output, (records, timings) in zip(models, outputs, runs, strict=True):
+        result = EvalResult(tofu_layout(records), timings)
+        if output:
+            write_logs(result, Path(output), replace(settings, model=str(model), output=str(output)))
+        results.append(result)
+    return results
 
 
 def judge_answers(
     settings: EvalSettings,
     judge: CheckedModel,
     examples: dict[str, list[EvalExample]],
-    records: dict[str, dict[int, dict[str, Any]]],
-    timings: EvalTimings,
+    runs: list[tuple[dict[str, dict[int, dict[str, Any]]], EvalTimings]],
 ) -> None:
-    """Adds FLUENCY_KEY to every record: the judge's mean NLL per token of the greedy answer after its question, in
-    the judge's prompt format; one scoring pass of the judge, after the evaluated model's engine is closed."""
-    keys = [(split, index) for split, by_index in records.items() for index in by_index]
-    questions = [examples[split][index].question for split, index in keys]
-    answers = [records[split][index]["generated_text"][1] for split, index in keys]
+    """Adds FLUENCY_KEY to every record of every run: the judge's mean NLL per token of the greedy answer after its
+    question, in the judge's prompt format; one scoring pass of the judge over all runs, after the evaluated model's
+    engine is closed. Each run's judge_seconds is its share of that pass."""
+    keys = [
+        (run, split, index) for run, (records, _) in enumerate(runs) for split in records for index in records[split]
+    ]
+    questions = [examples[split][index].question for _, split, index in keys]
+    answers = [runs[run][0][split][index]["generated_text"][1] for run, split, index in keys]
     started = time.perf_counter()
-    for (split, index), value in zip(keys, judge_nll(settings, judge, questions, answers), strict=True):
-        records[split][index][FLUENCY_KEY] = value
-    timings.judge_seconds += time.perf_counter() - started
+    for (run, split, index), value in zip(keys, judge_nll(settings, judge, questions, answers), strict=True):
+        runs[run][0][split][index][FLUENCY_KEY] = value
+    share = (time.perf_counter() - started) / len(runs)
+    for _, timings in runs:
+        timings.judge_seconds += share
 
 
 def judge_nll(
