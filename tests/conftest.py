@@ -81,7 +81,7 @@ BundleFactory = Callable[..., Path]
 @pytest.fixture(scope="session")
 def bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
     """bundle_factory(family=, assistant=, filter=, weight=, layers=, assistant_layers=, tie_word_embeddings=,
-    hidden=, seed=) -> bundle directory, built once per distinct set of arguments for the whole session."""
+    hidden=, seed=, min_keep=) -> bundle directory, built once per distinct set of arguments for the whole session."""
     cache: dict[tuple, Path] = {}
 
     def build(
@@ -94,6 +94,7 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
         tie_word_embeddings: bool = False,
         hidden: int = 128,
         seed: int = 0,
+        min_keep: int | None = None,
     ) -> Path:
         key = (
             family,
@@ -105,9 +106,10 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
             tie_word_embeddings,
             hidden,
             seed,
+            min_keep,
         )
         if key not in cache:
-            name = f"{family}-{assistant}-f{filter}-w{weight}-L{layers}-K{assistant_layers}-tie{int(tie_word_embeddings)}-h{hidden}-s{seed}"
+            name = f"{family}-{assistant}-f{filter}-w{weight}-L{layers}-K{assistant_layers}-tie{int(tie_word_embeddings)}-h{hidden}-s{seed}-m{min_keep}"
             cache[key] = build_random_bundle(
                 tmp_path_factory.mktemp(name),
                 family=family,
@@ -119,6 +121,7 @@ def bundle_factory(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
                 tie_word_embeddings=tie_word_embeddings,
                 hidden=hidden,
                 seed=seed,
+                min_keep=min_keep,
             )
         return cache[key]
 

@@ -100,6 +100,16 @@ def test_cli_writes_a_bundle_and_returns_zero(llama_bundle: Path, tmp_path: Path
     assert not list(tmp_path.glob("*.partial"))  # the staging directory was renamed into place
 
 
+def test_cli_min_keep_is_written_only_when_set_and_refused_below_one(llama_bundle: Path, tmp_path: Path, capsys):
+    target, assistant = llama_bundle.parent / "target", llama_bundle.parent / "assistant"
+    assert main(cli(target, assistant, tmp_path / "floor", "--filter", "0.1", "--min-keep", "8")) == 0
+    assert "min_keep=8" in capsys.readouterr().out and read_bundle(tmp_path / "floor").settings.min_keep == 8
+    assert read_bundle(llama_bundle).settings.min_keep is None
+    assert "min_keep" not in json.loads((llama_bundle / "config.json").read_text())["uld"]  # older readers' section
+    message = refusal(capsys, main, *cli(target, assistant, tmp_path / "bad", "--min-keep", "0"))
+    assert "min_keep must be a whole number >= 1" in message and not (tmp_path / "bad").exists()
+
+
 def test_cli_layers_extends_a_lora_assistant_past_the_adapters_depth(llama_bundle: Path, tmp_path: Path) -> None:
     # K=3 with an adapter on layers 0..1: layer 2 is the target's own, unmodified.
     out = tmp_path / "bundle"

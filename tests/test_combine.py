@@ -23,10 +23,11 @@ def log_softmax64(x: np.ndarray) -> np.ndarray:
     return x - (top + np.log(np.sum(np.exp(x - top), axis=-1, keepdims=True)))
 
 
-def hand_threshold(b: np.ndarray, r: float) -> np.ndarray:
-    """thr = min(max(lp) + log(r), kth_largest(lp, k)), k = int(r * V), kept >= 1 (see combine's docstring)."""
+def hand_threshold(b: np.ndarray, r: float, min_keep: int | None = None) -> np.ndarray:
+    """thr = min(max(lp) + log(r), kth_largest(lp, k)), k = int(r * V) (or min_keep), kept >= 1 (combine's
+    docstring)."""
     lp = log_softmax64(b)
-    k = max(1, int(r * b.shape[-1]))
+    k = max(1, int(r * b.shape[-1])) if min_keep is None else min_keep
     kth = -np.sort(-lp, axis=-1)[:, k - 1 : k]  # (N, 1): the k-th largest, duplicates counted
     return np.minimum(lp.max(axis=-1, keepdims=True) + math.log(r), kth)
 
@@ -76,6 +77,24 @@ def test_combine_matches_float64_hand_computation(vocab: int, filter: float, mod
     else:
         keep = np.ones(b.shape, dtype=bool)
     np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("min_keep", [1, 40, 3000])
+def test_the_floor_of_kept_tokens_is_min_keep_when_set(min_keep: int) -> None:
+    """1 is DoLa's floor (the relative threshold alone), int(r * V) = 3,200 the paper's; between them, at least
+    min_keep tokens are kept and no more than the relative threshold or the floor keeps."""
+    b, a = random_logits(4, 32000, seed=min_keep)
+    mask = relative_top_mask(torch.from_numpy(b), 0.1, min_keep).numpy()
+    want = log_softmax64(b) < hand_threshold(b, 0.1, min_keep)
+    borderline = np.abs(log_softmax64(b) - hand_threshold(b, 0.1, min_keep)) < 1e-5
+    assert (mask == want)[~borderline].all() and borderline.sum() <= 4
+    kept = (~mask).sum(-1)
+    relative_only = (log_softmax64(b) >= log_softmax64(b).max(-1, keepdims=True) + math.log(0.1)).sum(-1)
+    assert (kept == np.maximum(relative_only, min_keep)).all()  # no ties in continuous random logits
+    paper = (~relative_top_mask(torch.from_numpy(b), 0.1).numpy()).sum(-1)
+    assert (kept <= paper).all() if min_keep <= 3200 else (kept >= paper).all()
+    got = combine(torch.from_numpy(b), torch.from_numpy(a), WEIGHT, 0.1, "generate", min_keep=min_keep).numpy()
+    assert ((got == MASKED_LOGIT) == mask).all()
 
 
 @pytest.mark.parametrize("filter", [0.01, 0.1])

@@ -74,6 +74,8 @@ class ULDSettings:
     filter: float = 0.0  # relative-top filter r on the target (0 disables; paper: 0.01 .. 0.1)
     assistant_format: Literal["full", "lora"] = "lora"  # how BUNDLE/assistant/ stores the K layers
     version: int = FORMAT_VERSION
+    # The filter's floor of kept tokens: None is the paper's int(r * V); DoLa's own is 1 (uld_vllm.combine).
+    min_keep: int | None = None
 
     def overridden(self, weight: float | None = None, filter: float | None = None) -> ULDSettings:
         """These settings with a run's weight/filter (None keeps the bundle's), checked when anything changed."""
@@ -85,6 +87,9 @@ class ULDSettings:
 
     def validated(self) -> ULDSettings:
         check_weight_filter(self.weight, self.filter)
+        if self.min_keep is not None and (isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int)
+                                          or self.min_keep < 1):  # fmt: skip
+            raise BundleError(f"uld.min_keep must be a whole number >= 1 (or absent), got {self.min_keep!r}")
         if self.assistant_format not in ("full", "lora"):
             raise BundleError(f"uld.assistant_format must be 'full' or 'lora', got {self.assistant_format!r}")
         if self.version != FORMAT_VERSION:
@@ -317,10 +322,12 @@ def build_bundle(
     filter: float = 0.0,
     layers: int | None = None,
     link_target: bool = False,
+    min_keep: int | None = None,
 ) -> Bundle:
     """Assemble a bundle from a target HF checkpoint and an assistant (full K-layer HF checkpoint or PEFT LoRA)."""
     target, assistant, output = Path(target), Path(assistant), Path(output)
     check_weight_filter(weight, filter)
+    ULDSettings(1, min_keep=min_keep).validated()  # refused before anything is read
     if not target.is_dir():
         raise BundleError(f"target checkpoint directory not found: {target}")
     if not assistant.is_dir():
@@ -360,11 +367,17 @@ def build_bundle(
         raise BundleError(str(e)) from None
 
     settings = ULDSettings(
-        assistant_layers=layers, weight=float(weight), filter=float(filter), assistant_format=assistant_format
+        assistant_layers=layers,
+        weight=float(weight),
+        filter=float(filter),
+        assistant_format=assistant_format,
+        min_keep=min_keep,
     )
+    # An unset min_keep is left out: bundles keep the section that uld releases before the option read.
+    section = {k: v for k, v in asdict(settings).items() if not (k == "min_keep" and v is None)}
     with staged_dir(output) as staging:
         (staging / ASSISTANT_DIR).mkdir()
-        config = dict(target_config, architectures=[ARCHITECTURE], uld=asdict(settings))
+        config = dict(target_config, architectures=[ARCHITECTURE], uld=section)
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         for path in target_files + sorted(target.glob("*.safetensors.index.json")):
             if link_target:
@@ -409,13 +422,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", type=float, default=0.0, help="relative-top filter r in [0, 1) (0 disables)")
     parser.add_argument("--layers", type=int, default=None, help="assistant depth K (default: inferred)")
     parser.add_argument("--link-target", action="store_true", help="symlink the target's weights instead of copying")
+    parser.add_argument(
+        "--min-keep",
+        type=int,
+        default=None,
+        help="the filter's floor of kept tokens (default: the paper's int(filter * vocab); DoLa's own is 1)",
+    )
     args = parser.parse_args(argv)
     bundle = build_bundle(
-        args.target, args.assistant, args.output, args.weight, args.filter, args.layers, args.link_target
+        args.target, args.assistant, args.output, args.weight, args.filter, args.layers, args.link_target, args.min_keep
     )
     s = bundle.settings
     print(
-        f"uld-bundle: wrote {bundle.path} (K={s.assistant_layers}, {s.assistant_format} assistant, weight={s.weight}, filter={s.filter})"
+        f"uld-bundle: wrote {bundle.path} (K={s.assistant_layers}, {s.assistant_format} assistant, weight={s.weight}, filter={s.filter}"
+        + ("" if s.min_keep is None else f", min_keep={s.min_keep}")
+        + ")"
     )
     return 0
 

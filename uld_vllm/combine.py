@@ -22,16 +22,19 @@ Mode = Literal["generate", "score"]
 MASKED_LOGIT = -1e3
 
 
-def relative_top_mask(target_logits: torch.Tensor, filter: float) -> torch.Tensor:
+def relative_top_mask(target_logits: torch.Tensor, filter: float, min_keep: int | None = None) -> torch.Tensor:
     """True where a token is implausible under the target: log p < min(max log p + log r, k-th best log p).
 
-    k = int(r * V) is the minimum number of tokens kept. DoLa's code indexes `sorted[..., k - 1]`, which for k = 0
-    silently reads the *smallest* log-prob (Python's index -1) and keeps every token; we keep at least one token
-    instead (k >= 1), which is DoLa's stated intent (`min_tokens_to_keep=1`) and changes nothing once r * V >= 1.
+    k is the minimum number of tokens kept: ULD's k = int(r * V) by default (the paper's semantics), or `min_keep`
+    (DoLa's own floor is 1; a value between the two is the fluency variant of the gibberish issue). DoLa's code
+    indexes `sorted[..., k - 1]`, which for k = 0 silently reads the *smallest* log-prob (Python's index -1) and keeps
+    every token; we keep at least one token instead (k >= 1), which is DoLa's stated intent (`min_tokens_to_keep=1`)
+    and changes nothing once r * V >= 1.
     """
     logprobs = torch.log_softmax(target_logits.float(), dim=-1)  # (N, V)
     vocab = logprobs.shape[-1]
-    kth_best, best = kth_largest_and_max(logprobs, max(1, int(filter * vocab)))  # (N, 1) each
+    k = max(1, int(filter * vocab)) if min_keep is None else min(min_keep, vocab)
+    kth_best, best = kth_largest_and_max(logprobs, k)  # (N, 1) each
     threshold = torch.minimum(best + math.log(filter), kth_best)
     return logprobs < threshold
 
@@ -101,6 +104,7 @@ def combine(
     mode: Mode = "generate",
     implausible: torch.Tensor | None = None,
     columns: torch.Tensor | None = None,
+    min_keep: int | None = None,
 ) -> torch.Tensor:
     """ULD logits l_target + w * l_assistant for rows of (N, V) logits; returns float32 (N, V).
 
@@ -112,6 +116,7 @@ def combine(
     sparse assistant head needs it first); the assistant's logits then only matter where it is False. `columns`
     (filter > 0 only): the assistant's logits are given on these token ids alone, (N, U), and every token a row keeps
     is among them (the sparse head's union); the output is the dense one's, bit for bit, without an (N, V) assistant.
+    `min_keep`: the filter's floor of kept tokens (`relative_top_mask`; None: the paper's int(r * V)).
     """
     expected = target_logits.shape if columns is None else (target_logits.shape[0], columns.numel())
     if assistant_logits.shape != expected:
@@ -129,7 +134,7 @@ def combine(
         out = target_logprobs + weight * torch.log_softmax(assistant, dim=-1)
         # A token the target rules out stays ruled out, also where the assistant rules it out too (-inf + inf = NaN).
         return out.masked_fill(target_logprobs == float("-inf"), float("-inf"))
-    implausible = relative_top_mask(target, filter) if implausible is None else implausible
+    implausible = relative_top_mask(target, filter, min_keep) if implausible is None else implausible
     # target + w * a' with a' = 0 where implausible, in place on tensors float() copied (at (N, V) every pass counts).
     scoring = mode == "score"
     if scoring:  # generation overwrites the implausible tokens last, so a' = 0 is only written here

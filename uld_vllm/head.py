@@ -141,11 +141,12 @@ def head_logits(
     target_hidden: torch.Tensor,
     assistant_hidden: torch.Tensor,
     filter: float,
+    min_keep: int | None = None,
 ) -> AbstractContextManager[HeadLogits | None]:
     """Both streams' logits, by `head`'s choice where it has one to make (with the filter off ULD reads every
     assistant logit: always stacked). The caller combines inside the with-block (see `AssistantHead.logits`)."""
     if head is not None and filter > 0.0:
-        return head.logits(lm_head, processor, target_hidden, assistant_hidden, filter)
+        return head.logits(lm_head, processor, target_hidden, assistant_hidden, filter, min_keep)
     stacked = stacked_logits(lm_head, processor, target_hidden, assistant_hidden)
     return contextlib.nullcontext(None if stacked is None else HeadLogits(*stacked, None, None))
 
@@ -198,6 +199,7 @@ class AssistantHead:
         target_hidden: torch.Tensor,
         assistant_hidden: torch.Tensor,
         filter: float,
+        min_keep: int | None = None,
     ) -> Iterator[HeadLogits | None]:
         """Both streams' logits by the path the rule plans, with the target's mask (filter > 0). A timed rule records
         the with-block's wall time: the caller's combination runs inside it, since its cost differs by path too
@@ -206,7 +208,7 @@ class AssistantHead:
         union_planned = self.plans_union(rows)
         if union_planned:
             target = processor(lm_head, target_hidden)  # (N, V)
-            implausible = relative_top_mask(target, filter)  # (N, V): where a' = 0
+            implausible = relative_top_mask(target, filter, min_keep)  # (N, V): where a' = 0
             union = self.union_logits(assistant_hidden, lm_head.weight, ~implausible)
             if union is None:  # the union came out too large: the assistant's rows alone, dense
                 logits = HeadLogits(target, processor(lm_head, assistant_hidden), implausible, None)
@@ -217,7 +219,7 @@ class AssistantHead:
             if stacked is None:
                 yield None
                 return
-            implausible = relative_top_mask(stacked[0], filter)
+            implausible = relative_top_mask(stacked[0], filter, min_keep)
             self.stacked(implausible)
             logits = HeadLogits(*stacked, implausible, None)
         yield logits

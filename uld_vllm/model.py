@@ -176,15 +176,18 @@ class ULDForCausalLM(nn.Module):
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
         target_hidden, assistant_hidden = hidden_states.split(self.hidden_size, dim=-1)  # (N, H) each
-        weight, filter, mode = self.settings.weight, self.settings.filter, _MODE.get()
+        weight, filter, min_keep, mode = self.settings.weight, self.settings.filter, self.settings.min_keep, _MODE.get()
         lm_head, processor = self.target.lm_head, self.target.logits_processor
         # Combined inside the block: a timed head chooses by the whole call's cost (uld_vllm.head).
-        with head_logits(self.head, lm_head, processor, target_hidden, assistant_hidden, filter) as logits:
+        with head_logits(self.head, lm_head, processor, target_hidden, assistant_hidden, filter, min_keep) as logits:
             if logits is None:  # not the last pipeline rank
                 return None
-            if self.fused_sampling is not None and mode == "generate":  # the fused kernel's inputs (uld_vllm.fused)
+            # The fused kernel's inputs (uld_vllm.fused); it knows the paper's floor only.
+            if self.fused_sampling is not None and mode == "generate" and min_keep is None:
                 self.raw_logits = RawLogits(logits.target, logits.dense_assistant(), weight, filter)
-            return combine(logits.target, logits.assistant, weight, filter, mode, logits.implausible, logits.columns)
+            return combine(
+                logits.target, logits.assistant, weight, filter, mode, logits.implausible, logits.columns, min_keep
+            )
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.shared:  # a reload (serve): the target's layers under their own names while they load

@@ -208,6 +208,7 @@ def build_random_bundle(
     hidden: int = 128,
     seed: int = 0,
     target_kwargs: dict | None = None,
+    min_keep: int | None = None,
 ) -> Path:
     """target + assistant + bundle under root; returns the bundle directory (target_kwargs go to build_target)."""
     from uld_vllm.bundle import build_bundle
@@ -226,4 +227,4 @@ def build_random_bundle(
         assistant_dir = build_lora_assistant(target, root / "assistant", assistant_layers, seed=seed + 1)
     else:
         assistant_dir = build_full_assistant(target, root / "assistant", assistant_layers, seed=seed + 1)
-    return build_bundle(target, assistant_dir, root / "bundle", weight=weight, filter=filter).path
+    return build_bundle(target, assistant_dir, root / "bundle", weight=weight, filter=filter, min_keep=min_keep).path

@@ -61,12 +61,13 @@ LAST: Rows = (slice(None), -1)  # each row's last position: the next token's log
 class ReferenceDecoder:
     """ULD over a target and an assistant HF model sharing one tokenizer vocabulary."""
 
-    def __init__(self, target, assistant, weight: float, filter: float) -> None:
-        """weight and filter as checked settings (from_bundle checks a bundle's and its overrides)."""
+    def __init__(self, target, assistant, weight: float, filter: float, min_keep: int | None = None) -> None:
+        """weight, filter and min_keep as checked settings (from_bundle checks a bundle's and its overrides)."""
         self.target = target.eval()
         self.assistant = assistant.eval()
         self.weight = weight
         self.filter = filter
+        self.min_keep = min_keep
 
     @classmethod
     def from_bundle(
@@ -90,7 +91,7 @@ class ReferenceDecoder:
         assistant.load_state_dict({k: v for k, v in state.items() if k in assistant.state_dict()}, strict=True)
         if assistant.config.tie_word_embeddings:
             assistant.tie_weights()
-        return cls(target, assistant, bundle.settings.weight, bundle.settings.filter)
+        return cls(target, assistant, bundle.settings.weight, bundle.settings.filter, bundle.settings.min_keep)
 
     @classmethod
     def single(cls, model) -> ReferenceDecoder:
@@ -117,7 +118,7 @@ class ReferenceDecoder:
         return out.logits.float(), out.past_key_values
 
     def combine(self, target_logits: torch.Tensor, assistant_logits: torch.Tensor, mode: Mode) -> torch.Tensor:
-        return combine(target_logits, assistant_logits, self.weight, self.filter, mode)
+        return combine(target_logits, assistant_logits, self.weight, self.filter, mode, min_keep=self.min_keep)
 
     def _step(
         self,

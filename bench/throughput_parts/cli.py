@@ -14,7 +14,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     from uld_vllm.engine import DTYPES
 
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--shape", choices=[s for s in SHAPES if s != "quick"], default="bench")
+    parser.add_argument(
+        "--shape",
+        choices=[s for s in SHAPES if s != "quick"],
+        default="smollm2",
+        help="smollm2: the real model on TOFU's text (default); bench, large: random models with a fitted head",
+    )
     parser.add_argument("--batch-sizes", default="1,8,32,64,128")
     parser.add_argument("--reference-batch-sizes", default="1,8,64", help="the HF reference is slow: a subset")
     parser.add_argument("--systems", default=",".join(SYSTEMS))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from bench.throughput_parts.settings import assistant_depth
-
 
 def model_costs(config, rank: int, head_stats: dict | None) -> dict[str, float]:
     """Per-token weight parameters of the target and of ULD's extra work, and the limits of ULD / plain they imply.
@@ -15,7 +13,7 @@ def model_costs(config, rank: int, head_stats: dict | None) -> dict[str, float]:
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
     layers = config.num_hidden_layers
-    k = assistant_depth(layers)
+    k = config.uld["assistant_layers"]  # the bundle's K (the random shapes' is assistant_depth, the real one's 8)
     layer = h * h * 2 + h * kv * 2 + 3 * h * i
     lora = rank * ((h + h + 2 * kv) + (h + h) + (h + 2 * i) + (i + h))  # qkv, o, gate_up, down
     head = h * v

@@ -15,7 +15,7 @@ from bench.throughput_parts.limits import decode_limits, model_costs
 from bench.throughput_parts.models import engine_spec
 from bench.throughput_parts.phases import Phases, measure, measure_start, measure_start_rounds, start_key
 from bench.throughput_parts.report import write_report
-from bench.throughput_parts.settings import HEAD_OFF_ON, LORA_RANK, SHAPES, assistant_depth
+from bench.throughput_parts.settings import HEAD_OFF_ON, LORA_RANK, SHAPES
 from bench.throughput_parts.workloads import spec_requests
 
 
@@ -93,7 +93,7 @@ def build_report(
         "command": "python "
         + " ".join(shlex.quote(a) for a in ["bench/throughput.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(spec["dtype"]),
-        "shape": shape | {"assistant_layers": assistant_depth(shape["layers"]), "lora_rank": LORA_RANK},
+        "shape": shape | {"assistant_layers": config.uld["assistant_layers"], "lora_rank": LORA_RANK},
         "head_realism": head,
         "costs": costs,
         "start_rounds": start_rounds,

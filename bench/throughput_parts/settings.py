@@ -23,7 +23,10 @@ SHAPES = {
     "bench": dict(hidden=1024, layers=8, heads=16, kv_heads=4, intermediate=2816, vocab=32000),
     "large": dict(hidden=2048, layers=8, heads=16, kv_heads=4, intermediate=5632, vocab=128256),
     "quick": dict(hidden=128, layers=4, heads=4, kv_heads=2, intermediate=344, vocab=2048),
+    # The real model (the default): the SmolLM2 study's ULD bundle (uld_vllm.smollm2_tofu) on TOFU's own text.
+    "smollm2": dict(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, vocab=49152),
 }
+REAL_SHAPES = {"smollm2"}  # shapes that are a trained model on real text, not a random model with a fitted head
 FILTER = 0.01
 LORA_RANK = 16
 STEP_NOTE = "each engine step's best round"  # how best_steps rebuilds a round, as reports name it

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from bench.steps import best_steps, clock_steps
 from bench.throughput_parts.engine import start_engine, switch_head, timed_generate
 from bench.throughput_parts.settings import FILTER
-from bench.throughput_parts.workloads import scoring_texts, spec_requests
+from bench.throughput_parts.workloads import spec_requests, spec_scoring_texts
 
 
 def peak_rss_gib() -> float:
@@ -26,7 +26,7 @@ def run_worker(worker: str, spec: dict) -> dict:
 
     torch.manual_seed(0)
     requests = spec_requests(spec)
-    texts = scoring_texts(spec["scoring_texts"], spec["vocab"], seed=2)
+    texts = spec_scoring_texts(spec)
     if worker == "hf-reference":
         return reference_worker(spec, requests, texts)
     if worker.startswith("start:"):

@@ -35,6 +35,11 @@ CASES = {
             disable_log_stats=False,  # the preemption counter below
         ),
     ),
+    # The fluency variant's floor of kept tokens (uld_vllm.combine.relative_top_mask), with the sparse head's union.
+    "llama-lora-K2-filter0.1-min_keep8": (
+        dict(family="llama", assistant="lora", filter=0.1, assistant_layers=2, min_keep=8),
+        dict(),
+    ),
     "qwen2-tied-lora-K1-filter0.01": (
         dict(family="qwen2", assistant="lora", filter=0.01, assistant_layers=1, tie_word_embeddings=True),
         dict(),
