@@ -271,3 +271,19 @@ def test_filter_outside_zero_one_raises_value_error(filter: float) -> None:
 def test_unknown_mode_raises_value_error() -> None:
     with pytest.raises(ValueError, match="mode must be"):
         combine(torch.zeros(1, 10), torch.zeros(1, 10), WEIGHT, 0.1, "sample")  # type: ignore[arg-type]
+
+
+def test_under_the_filter_a_log_prob_difference_would_generate_exactly_as_the_logit_difference() -> None:
+    """The fluency issue's "log-prob difference" variant: on the kept tokens lp_t + w lp_a differs from l_t + w l_a by
+    one constant per row (-lse_t - w lse_a), and implausible tokens are masked in generation, so the sampling
+    distribution and the greedy token are the same; only scoring mode, which leaves implausible tokens unmasked, could
+    differ. So it cannot make generation more fluent, and it is not an option."""
+    b, a = random_logits(8, 32000, seed=7)
+    t, s = torch.from_numpy(b), torch.from_numpy(a)
+    raw = combine(t, s, WEIGHT, 0.1, "generate")
+    mask = relative_top_mask(t, 0.1)
+    lp = (t.log_softmax(-1) + WEIGHT * s.log_softmax(-1)).masked_fill(mask, MASKED_LOGIT)
+    torch.testing.assert_close(raw.softmax(-1), lp.softmax(-1), atol=1e-6, rtol=1e-5)
+    assert torch.equal(raw.argmax(-1), lp.argmax(-1))
+    score_raw, score_lp = combine(t, s, WEIGHT, 0.1, "score"), t.log_softmax(-1) + WEIGHT * s.log_softmax(-1) * ~mask
+    assert (score_raw.log_softmax(-1) - score_lp.log_softmax(-1)).abs().max() > 0.1  # scoring would differ
