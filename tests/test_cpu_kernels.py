@@ -39,8 +39,10 @@ def test_arguments_the_kernels_do_not_take_fall_back_to_native(ops):
     assert not impl.supports_args(x, torch.ones(8), 1e-6, 4)  # variance over part of the row
 
 
-def test_cpu_engines_ask_for_the_c_kernels_first(ops):
+def test_eager_cpu_engines_ask_for_the_c_kernels_first_and_compiled_ones_do_not(ops):
     from uld_vllm.engine import default_llm_kwargs
 
-    priority = default_llm_kwargs()["ir_op_priority"]
+    priority = default_llm_kwargs({"enforce_eager": True})["ir_op_priority"]
     assert priority == {"rms_norm": [cpu_kernels.PROVIDER], "fused_add_rms_norm": [cpu_kernels.PROVIDER]}
+    assert "ir_op_priority" not in default_llm_kwargs({"enforce_eager": False})
+    assert "ir_op_priority" not in default_llm_kwargs()  # vLLM compiles by default

@@ -2,7 +2,8 @@
 
 vLLM 0.32 builds its C++ RMSNorm kernels for CPU (`torch.ops._C.rms_norm`, `fused_add_rms_norm`), but its
 IR registers them for GPUs only, so a CPU engine runs the PyTorch form: a float32 copy of every activation, then
-five elementwise passes. Registered here as an IR provider, they are what `default_llm_kwargs` puts first on CPU.
+five elementwise passes. Registered here as an IR provider, they are what `default_llm_kwargs` puts first for eager
+CPU engines (a compiled engine fuses the PyTorch form itself).
 
 bench/results/README.md has the measurements.
 """

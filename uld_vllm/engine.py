@@ -92,7 +92,9 @@ def default_llm_kwargs(given: dict[str, Any] | None = None) -> dict[str, Any]:
     }
     if "dtype" not in given:
         defaults["dtype"] = default_dtype()
-    if not has_cuda():  # vLLM's C++ RMSNorm (uld_vllm.cpu_kernels)
+    # vLLM's C++ RMSNorm (uld_vllm.cpu_kernels) for eager CPU engines: a compiled one fuses the PyTorch form itself,
+    # and gave wrong tokens with the C++ kernels in its graph (tests/engine/test_engine_compiled.py).
+    if not has_cuda() and given.get("enforce_eager", False):
         from uld_vllm.cpu_kernels import norm_priority
 
         defaults["ir_op_priority"] = norm_priority()

@@ -39,6 +39,13 @@ def goals(report: dict) -> list[dict]:
         ratio(r, "uld-f0.01", "uld-f0.01-dense", big),
         1.05,
     )
+    scoring = ratio(r, "uld-f0.01", "plain", big, "scoring")
+    goal(
+        f"scoring, filter 0.01: ULD / plain, as a share of its FLOP limit ({c['flop_limit_sparse']:.3f})",
+        scoring / c["flop_limit_sparse"] if scoring else None,
+        0.90,
+        "of limit",
+    )
     goal(
         "scoring, filter 0.01: sparse head / dense head"
         + bounds(c["flop_limit_sparse"] / c["flop_limit_dense"], free_head_ceiling(r, big, "scoring")),

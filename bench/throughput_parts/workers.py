@@ -62,6 +62,7 @@ def engines_worker(spec: dict, requests, texts) -> dict:
     side by side (bench/results/README.md)."""
     from vllm import SamplingParams
 
+    from uld_vllm.answer_scoring import answer_params
     from uld_vllm.engine import shutdown_llm
 
     systems = spec["engine_systems"]
@@ -82,10 +83,10 @@ def engines_worker(spec: dict, requests, texts) -> dict:
 
     def interleaved(prompts: list[list[int]], max_tokens: list[int] | None = None) -> dict[str, tuple]:
         """(seconds, seconds of them in compute_logits, `best_steps`) to generate (max_tokens each, EOS ignored) or
-        score (None: prompt log-probs), the best of `repeats` rounds, the systems taking turns within each round, in
+        score (None: each prompt's log-probs through uld_vllm.answer_scoring, plain vLLM's too), the best of `repeats` rounds, the systems taking turns within each round, in
         an order that rotates from round to round."""
-        if max_tokens is None:
-            params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+        if max_tokens is None:  # every token after the first scored as uld-eval scores answers, the cache not read
+            params = answer_params(1, read_cache=False)
         else:
             params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in max_tokens]
         inputs = [{"prompt_token_ids": p} for p in prompts]

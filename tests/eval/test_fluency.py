@@ -22,7 +22,7 @@ def judged(answers: list[str], examples) -> dict[str, float]:
     """The judge's NLL of each answer to its question (the pretrained SmolLM2, as on real TOFU), through the engine."""
     records = {"forget": {i: {"generated_text": ["", answer, ""]} for i, answer in enumerate(answers)}}
     settings = EvalSettings(model="unused", data="unused", dtype="float32", engine_args=SMALL_ENGINE, progress=False)
-    judge_answers(settings, check_model(base_dir()), {"forget": examples}, records, EvalTimings())
+    judge_answers(settings, check_model(base_dir()), {"forget": examples}, [(records, EvalTimings())])
     return {str(i): record[FLUENCY_KEY] for i, record in records["forget"].items()}
 
 
