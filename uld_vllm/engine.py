@@ -97,9 +97,8 @@ def default_llm_kwargs(given: dict[str, Any] | None = None) -> dict[str, Any]:
     if not has_cuda() and given.get("enforce_eager", False):
         from uld_vllm.cpu_kernels import norm_priority
 
-        defaults["ir_op_priority"] = norm_priority()
-        if not defaults["ir_op_priority"]:
-            del defaults["ir_op_priority"]
+        if priority := norm_priority():
+            defaults["ir_op_priority"] = priority
     return defaults | given
 
 

@@ -49,7 +49,7 @@ def real_model(work: Path) -> tuple[Path, Path]:
 
 
 def real_keep_stats(target: Path, contexts: int = 256, seed: int = 3) -> dict:
-    """Keep-set statistics of the target at the answer positions of TOFU QA (their last answer token's context)."""
+    """Keep-set statistics of the target on TOFU QA, each at the middle of its answer (a context scoring reads)."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -43,7 +43,7 @@ def spec_requests(spec: dict) -> list[tuple[list[int], int]]:
 
 
 def spec_scoring_texts(spec: dict) -> list[list[int]]:
-    """The texts every system scores (prompt log-probs over the whole text, as vLLM's own API computes them)."""
+    """The texts every system scores, every token after the first (through uld_vllm.answer_scoring)."""
     if spec.get("tofu_text"):
         return [p + a for p, a in tofu_pairs(spec["target"], spec["scoring_texts"], seed=2)]
     return scoring_texts(spec["scoring_texts"], spec["vocab"], seed=2)
