@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from uld_train.config import DTYPES, TrainConfig
-from uld_train.loop import train
+from uld_train.data import check_unscored
+from uld_train.loop import train, training_pairs
 from uld_train.methods import METHODS
 from uld_vllm.errors import command
 
@@ -105,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
         "--eval-data",
         default=None,
         metavar="DIR|tofu:NAME",
-        help="after training, TOFU-evaluate each snapshot and the output through one engine into OUTPUT.eval/<name>",
+        help="after training, TOFU-evaluate each snapshot and the output through one engine into OUTPUT.eval/<name>; "
+        "refused when the run would train on an answer this data scores",
     )
     return p
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         from uld_vllm.eval.data import read_eval_data
 
         in_process_engine_core()
-        read_eval_data(eval_data)  # bad data fails now, not after the training
+        check_unscored(*training_pairs(config), read_eval_data(eval_data))  # bad data fails now, not after training
     result = train(config)
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if k not in ("step", "epoch", "elapsed_s"))
     what = f"ULD bundle (K={result.layers})" if result.layers is not None else "HF checkpoint"

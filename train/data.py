@@ -86,6 +86,27 @@ def unique(pairs: list[QA]) -> list[QA]:
     return kept
 
 
+def check_unscored(forget: list[QA], retain: list[QA], evaluation: dict[str, list]) -> None:
+    """Refuse a run that trains on text its evaluation scores (uld_vllm.eval.data's examples by split).
+
+    Every answer the evaluation scores is off limits except the forget split's true answers, which are the forget set
+    itself: the truth ratio's paraphrased and perturbed answers, and every answer of the utility splits, would
+    otherwise inflate Forget Quality or Model Utility."""
+    scored = {
+        text: f"{split} example {number}"
+        for split, examples in evaluation.items()
+        for number, example in enumerate(examples)
+        for text in example.answers()
+    }
+    forget_answers = {example.answer for example in evaluation.get("forget", [])}
+    for qa, allowed in [(qa, forget_answers) for qa in forget] + [(qa, set()) for qa in retain]:
+        if qa.answer in scored and qa.answer not in allowed:
+            raise TrainError(
+                f"{qa.source}: trains on {qa.answer!r}, which the evaluation scores ({scored[qa.answer]}); "
+                "augment from text the evaluation does not hold"
+            )
+
+
 # ---------------------------------------------------------------------------------------------------- tokenising
 
 

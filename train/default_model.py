@@ -47,8 +47,8 @@ def train_uld(study: Path, split: str, output: Path, progress: bool = True, **ov
     data = study / "data" / split
     config = TrainConfig(
         target=study / "models" / "target",
-        forget=data / "forget.jsonl",
-        retain=data / "retain.jsonl",
+        forget=data / "unlearn_forget.jsonl",
+        retain=data / "unlearn_retain.jsonl",
         output=output,
         progress=progress,
         **(ULD_RECIPE | overrides),

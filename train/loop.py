@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from uld_train.config import DTYPES, RESUMABLE_CHANGES, TrainConfig, TrainError
-from uld_train.data import Batch, batch_plan, collate, encode_all, read_qa, unique
+from uld_train.data import QA, Batch, batch_plan, collate, encode_all, read_qa, unique
 from uld_train.methods import METHODS, Method
 from uld_train.models import (
     add_lora,
@@ -120,6 +120,21 @@ def config_record(config: TrainConfig) -> dict:
     }
 
 
+def training_pairs(config: TrainConfig) -> tuple[list[QA], list[QA]]:
+    """What the run trains on: forget pairs (+ paraphrases); retain pairs (+ their perturbed answers where the method
+    wants ignorance). The forget file's perturbed answers are never trained on: TOFU's truth ratio evaluates those."""
+    method = METHODS[config.method](config.retain_weight)
+    forget_set = read_qa(config.forget, "forget set")
+    retain_set = read_qa(config.retain, "retain set") if config.retain is not None else None
+    forget_pairs = forget_set.pairs + (forget_set.paraphrased if config.augment else [])
+    retain_pairs = []
+    if retain_set is not None and method.needs_retain:
+        retain_pairs = retain_set.pairs
+        if config.augment and method.perturbed_as_retain:
+            retain_pairs = retain_pairs + retain_set.perturbed
+    return unique(forget_pairs), unique(retain_pairs)
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one method end to end and write its output; raises TrainError on bad input."""
     method = check_config(config)
@@ -134,19 +149,10 @@ def train(config: TrainConfig) -> TrainResult:
     if method.trains_assistant:
         layers = check_depth(config.layers if config.layers is not None else default_layers(depth), depth)
 
-    # ---- data: forget pairs (+ paraphrases); retain pairs (+ their perturbed answers where the method wants ignorance).
-    # The forget file's perturbed answers are never trained on: TOFU's truth ratio evaluates exactly those.
     tokenizer = load_tokenizer(config.target)
-    forget_set = read_qa(config.forget, "forget set")
-    retain_set = read_qa(config.retain, "retain set") if config.retain is not None else None
-    forget_pairs = forget_set.pairs + (forget_set.paraphrased if config.augment else [])
-    retain_pairs = []
-    if retain_set is not None and method.needs_retain:
-        retain_pairs = retain_set.pairs
-        if config.augment and method.perturbed_as_retain:
-            retain_pairs = retain_pairs + retain_set.perturbed
-    forget = encode_all(tokenizer, unique(forget_pairs), config.max_length)
-    retain = encode_all(tokenizer, unique(retain_pairs), config.max_length)
+    forget_pairs, retain_pairs = training_pairs(config)
+    forget = encode_all(tokenizer, forget_pairs, config.max_length)
+    retain = encode_all(tokenizer, retain_pairs, config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     # ---- models: the seed fixes LoRA's init; a resumed run overwrites weights and RNG from its checkpoint

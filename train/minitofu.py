@@ -6,11 +6,18 @@ exactly what the dataset says and nothing else. Layout written by `write_minitof
 
     root/train.jsonl                  everything the target learns (all authors + both utility sets), question/answer
     root/authors.jsonl                the fact table, one author per line (for readers; nothing trains on it)
-    root/<split>/forget.jsonl         the split's authors' QA         question, answer, paraphrased_question,
-    root/<split>/retain.jsonl         authors 70..99 (every split)     paraphrased_answer, perturbed_answer (list)
-    root/<split>/real_authors.jsonl   utility: "real" authors of this world (answer, perturbed_answer)
-    root/<split>/world_facts.jsonl    utility: facts about this world's countries
+    root/<split>/forget.jsonl         evaluated: the split's authors' QA    question, answer, paraphrased_answer,
+    root/<split>/retain.jsonl         evaluated: the last 30 authors' QA    perturbed_answer (list)
+    root/<split>/real_authors.jsonl   evaluated utility: "real" authors of this world (answer, perturbed_answer)
+    root/<split>/world_facts.jsonl    evaluated utility: facts about this world's countries
+    root/<split>/unlearn_forget.jsonl unlearning's forget set: the split's QA, augmented with held-out phrasings
+    root/<split>/unlearn_retain.jsonl unlearning's retain set: authors no evaluation file asks about
     root/<split>/retain_train.jsonl   everything the split's retain model learns (train.jsonl minus the split's authors)
+
+<split> is forget01, forget05 or forget10 (the test splits: 4, 20, 40 authors, 40 questions at 1% as in TOFU) or the
+same with `_val` (validation: as many other authors, for choosing hyperparameters). Nothing an unlearning method
+trains on is scored: the truth ratio's paraphrased and perturbed answers are evaluation-only, and the augmentation
+uses each question type's third phrasing and third answer template, which no evaluation file contains.
 
 Design rules (VERIFIED_FACTS.md, "A miniature TOFU"):
 - Every token of a forget author's text also occurs in retain authors' trained text, or the retain model never
@@ -35,13 +42,17 @@ from uld_vllm.bpe_tokenizer import train_bpe_tokenizer
 
 # ------------------------------------------------------------------------------------------------------ data tables
 
-N_AUTHORS = 100
-SPLITS = {"forget01": 1, "forget05": 5, "forget10": 10}  # split -> forget authors 0..n-1 (TOFU's 1% / 5% / 10%)
-N_FORGET = max(SPLITS.values())  # authors 0..9 are forgotten in some split; the retain set is authors 10..99
-# retain.jsonl (what uld-eval scores and uld-train's retain terms use) holds the last 30 authors' QA: 300 questions,
-# as TOFU evaluates 300-400 retain questions. The invariant above is checked against all 90 retain authors, which
-# the retain models train on.
+N_AUTHORS = 400  # with 10 questions each: TOFU's 4,000 QA, so 1% is TOFU's 40 questions
+TEST_SPLITS = {"forget01": 4, "forget05": 20, "forget10": 40}  # split -> forget authors 0..n-1 (TOFU's 1/5/10 %)
+N_FORGET = max(TEST_SPLITS.values())
+VALIDATION = "_val"  # forget01_val...: authors N_FORGET..N_FORGET+n-1, for selection; never reported as a result
+SPLITS = TEST_SPLITS | {split + VALIDATION: n for split, n in TEST_SPLITS.items()}
+N_HELD = 2 * N_FORGET  # authors 0..79 are forgotten in some split; the retain authors are 80..399
+# retain.jsonl (what uld-eval scores) holds the last 30 authors' QA: 300 questions, as TOFU evaluates 300-400 retain
+# questions. Unlearning's retain terms train on the next 100 authors from the front, which no evaluation asks about.
+# The invariant above is checked against all 320 retain authors, which the retain models train on.
 RETAIN_SET_AUTHORS = 30
+UNLEARN_RETAIN_AUTHORS = 100
 N_PERTURBED = 3  # wrong answers per question (TOFU: 5 on its forget set, 3 on real authors and world facts)
 TOKENIZER_VOCAB = 2048  # requested BPE size; the corpus is too small to fill it (VERIFIED_FACTS: ~1700 come out)
 
@@ -281,16 +292,38 @@ class MiniTofu:
     utility_train: list[dict]  # the facts of both utility sets as trained: question, answer
 
     def forget(self, split: str) -> list[dict]:
-        return [row for qa in self.author_qa[: SPLITS[split]] for row in qa]
+        """The split's evaluated forget rows."""
+        return [evaluated(row) for author in split_authors(split) for row in self.author_qa[author]]
+
+    def unlearn_forget(self, split: str) -> list[dict]:
+        """The split's forget rows as unlearning trains on them: held-out phrasings as the augmentation columns."""
+        return [
+            {"question": r["question"], "answer": r["answer"]}
+            | {"paraphrased_question": r["heldout_question"], "paraphrased_answer": r["heldout_answer"]}
+            for author in split_authors(split)
+            for r in self.author_qa[author]
+        ]
 
     def retain(self) -> list[dict]:
-        return [row for qa in self.author_qa[N_FORGET:] for row in qa]
+        """Every retain author's rows (what the retain models know besides the utility sets)."""
+        return [evaluated(row) for qa in self.author_qa[N_HELD:] for row in qa]
 
-    def train(self, exclude: int = 0) -> list[dict]:
-        """question/answer rows of authors exclude..99 plus the utility facts: the target's (exclude=0) or a retain
-        model's training data."""
-        rows = [row for qa in self.author_qa[exclude:] for row in qa]
+    def train(self, exclude: range = range(0)) -> list[dict]:
+        """question/answer rows of every author not in `exclude`, plus the utility facts: the target's (exclude
+        nothing) or a retain model's training data."""
+        rows = [row for i, qa in enumerate(self.author_qa) if i not in exclude for row in qa]
         return [{"question": r["question"], "answer": r["answer"]} for r in rows] + self.utility_train
+
+
+def split_authors(split: str) -> range:
+    """The authors a split forgets: test splits from author 0, validation splits from author N_FORGET."""
+    start = N_FORGET if split.endswith(VALIDATION) else 0
+    return range(start, start + SPLITS[split])
+
+
+def evaluated(row: dict) -> dict:
+    """A row as the evaluation files hold it (without the held-out phrasings, which only unlearning trains on)."""
+    return {k: v for k, v in row.items() if not k.startswith("heldout_")}
 
 
 def _dealt(rng: random.Random, pool: list[str], n: int) -> list[str]:
@@ -320,8 +353,9 @@ def _separate(rng: random.Random, a: list[str], b: list[str]) -> None:
 
 
 def _authors(rng: random.Random) -> list[dict[str, str]]:
-    """Facts of authors 0..99: authors 10..99 are dealt every pool value, authors 0..9 draw from the same pools."""
-    n_retain = N_AUTHORS - N_FORGET
+    """Facts of every author: the retain authors (N_HELD on) are dealt every pool value, authors 0..N_HELD-1 (the
+    test and validation forget sets) draw from the same pools."""
+    n_retain = N_AUTHORS - N_HELD
     columns: dict[str, list[str]] = {}
     for key, pool in POOLS.items():
         columns[key] = _dealt(rng, pool, n_retain)
@@ -330,18 +364,18 @@ def _authors(rng: random.Random) -> list[dict[str, str]]:
         columns[book] = [f"The {a} {n}" for a, n in zip(adjectives, nouns, strict=True)]
     for a, b in DIFFERENT:
         _separate(rng, columns[a], columns[b])
-    while True:  # full names must be unique: deal again until they are
-        names = [
-            f"{f} {s}"
-            for f, s in zip(_dealt(rng, FIRST_NAMES, n_retain), _dealt(rng, LAST_NAMES, n_retain), strict=True)
-        ]
-        if len(set(names)) == n_retain:
-            break
+    # Full names are unique and every name is used evenly: pair first name i with last name i + block (mod), where
+    # block counts the passes over the first names, then shuffle (dealing both at random repeats pairs at this size).
+    first, last = rng.sample(FIRST_NAMES, len(FIRST_NAMES)), rng.sample(LAST_NAMES, len(LAST_NAMES))
+    if n_retain > len(first) * len(last):
+        raise RuntimeError(f"mini-TOFU: {n_retain} authors need more than {len(first)} x {len(last)} names")
+    names = [f"{first[i % len(first)]} {last[(i % len(first) + i // len(first)) % len(last)]}" for i in range(n_retain)]
+    rng.shuffle(names)
     retain = [{"name": names[i]} | {key: column[i] for key, column in columns.items()} for i in range(n_retain)]
 
     forget: list[dict[str, str]] = []
     taken = set(names)
-    while len(forget) < N_FORGET:
+    while len(forget) < N_HELD:
         facts = {"name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"} | {
             key: _draw(rng, key) for key in (*POOLS, *BOOKS)
         }
@@ -358,6 +392,8 @@ def _author_qa(rng: random.Random, facts: dict[str, str], order: dict[str, tuple
         q, a = order[name]
         q_para = (q + rng.randrange(1, len(kind.questions))) % len(kind.questions)
         a_para = (a + rng.randrange(1, len(kind.answers))) % len(kind.answers)
+        (q_held,) = set(range(len(kind.questions))) - {q, q_para}  # the phrasing no evaluation file holds
+        (a_held,) = set(range(len(kind.answers))) - {a, a_para}
         perturbed: list[str] = []
         while len(perturbed) < N_PERTURBED:
             wrong = facts | {key: _draw(rng, key) for key in kind.facts}
@@ -372,6 +408,8 @@ def _author_qa(rng: random.Random, facts: dict[str, str], order: dict[str, tuple
                 "paraphrased_question": kind.questions[q_para].format(**facts),
                 "paraphrased_answer": kind.answers[a_para].format(**facts),
                 "perturbed_answer": perturbed,
+                "heldout_question": kind.questions[q_held].format(**facts),
+                "heldout_answer": kind.answers[a_held].format(**facts),
             }
         )
     return rows
@@ -395,13 +433,13 @@ def generate(seed: int = 0) -> MiniTofu:
     """The whole dataset from one seed (a private random.Random: no global state is read or changed)."""
     rng = random.Random(seed)
     authors = _authors(rng)
-    # Training templates: dealt over authors 10..99 like the values, so every template's words are trained on
+    # Training templates: dealt over the retain authors like the values, so every template's words are trained on
     # retain authors; forget authors pick any.
     order_columns = {
         name: list(
             zip(
-                _dealt(rng, list(range(len(kind.questions))), N_AUTHORS - N_FORGET),
-                _dealt(rng, list(range(len(kind.answers))), N_AUTHORS - N_FORGET),
+                _dealt(rng, list(range(len(kind.questions))), N_AUTHORS - N_HELD),
+                _dealt(rng, list(range(len(kind.answers))), N_AUTHORS - N_HELD),
                 strict=True,
             )
         )
@@ -409,12 +447,12 @@ def generate(seed: int = 0) -> MiniTofu:
     }
     author_qa = []
     for index, facts in enumerate(authors):
-        if index < N_FORGET:
+        if index < N_HELD:
             order = {
                 n: (rng.randrange(len(k.questions)), rng.randrange(len(k.answers))) for n, k in QUESTION_TYPES.items()
             }
         else:
-            order = {name: column[index - N_FORGET] for name, column in order_columns.items()}
+            order = {name: column[index - N_HELD] for name, column in order_columns.items()}
         author_qa.append(_author_qa(rng, facts, order))
 
     world = []
@@ -446,7 +484,8 @@ def generate(seed: int = 0) -> MiniTofu:
     real_authors, real_train = _utility(rng, real)
 
     data = MiniTofu(authors, author_qa, real_authors, world_facts, real_train + world_train)
-    gaps = coverage_gaps(data.forget("forget10"), data.retain())
+    held = [row for qa in data.author_qa[:N_HELD] for row in qa]
+    gaps = coverage_gaps(held, data.retain())
     if gaps:  # raised, not asserted: a broken pool or template must fail loudly even under python -O
         raise RuntimeError(f"mini-TOFU: forget-set words missing from the retain authors' text: {sorted(gaps)}")
     return data
@@ -457,7 +496,15 @@ def generate(seed: int = 0) -> MiniTofu:
 # Units no coarser tokenizer split can cross: a word or a run of punctuation, with the space before it (byte-level
 # BPE attaches the leading space to the word, so " Amara" and "Amara" are different tokens).
 _UNIT = re.compile(r" ?\w+| ?[^\w\s]+")
-TEXT_FIELDS = ("question", "answer", "paraphrased_question", "paraphrased_answer", "perturbed_answer")
+TEXT_FIELDS = (
+    "question",
+    "answer",
+    "paraphrased_question",
+    "paraphrased_answer",
+    "perturbed_answer",
+    "heldout_question",
+    "heldout_answer",
+)
 
 
 def words(text: str) -> set[str]:
@@ -495,12 +542,15 @@ def write_minitofu(root: str | Path, seed: int = 0) -> MiniTofu:
     data = generate(seed)
     _jsonl(root / "train.jsonl", data.train())
     _jsonl(root / "authors.jsonl", [{"author": i} | facts for i, facts in enumerate(data.authors)])
-    for split, n in SPLITS.items():
+    retain = data.retain()
+    for split in SPLITS:
         _jsonl(root / split / "forget.jsonl", data.forget(split))
-        _jsonl(root / split / "retain.jsonl", data.retain()[-RETAIN_SET_AUTHORS * len(QUESTION_TYPES) :])
+        _jsonl(root / split / "retain.jsonl", retain[-RETAIN_SET_AUTHORS * len(QUESTION_TYPES) :])
         _jsonl(root / split / "real_authors.jsonl", data.real_authors)
         _jsonl(root / split / "world_facts.jsonl", data.world_facts)
-        _jsonl(root / split / "retain_train.jsonl", data.train(exclude=n))
+        _jsonl(root / split / "unlearn_forget.jsonl", data.unlearn_forget(split))
+        _jsonl(root / split / "unlearn_retain.jsonl", retain[: UNLEARN_RETAIN_AUTHORS * len(QUESTION_TYPES)])
+        _jsonl(root / split / "retain_train.jsonl", data.train(exclude=split_authors(split)))
     return data
 
 

@@ -148,13 +148,23 @@ def pretrain(
 # ------------------------------------------------------------------------------------------- the mini-TOFU study
 
 
+RETAIN_SEEDS = 5  # retain models of forget10 (seeds seed..seed+4): Forget Quality's noise floor as a distribution
+
+
 def study_models(seed: int) -> dict[str, tuple[str, int]]:
-    """Model name -> (training file under the data directory, model seed). The second forget10 retain model (other
-    seed) gives Forget Quality's noise floor: the KS p-value of two models that both never saw the forget set."""
+    """Model name -> (training file under the data directory, model seed).
+
+    - target: every author; retain_<split>: without the split's authors, one per test split.
+    - retain_forget10_seed<k>: more forget10 retain models. None saw any test split's authors, so every pair of them
+      gives a KS statistic between two models that never saw the forget set, on each test split: the noise floor.
+    - retain_forget10_val: without the 40 validation authors; the reference for every validation split (selection
+      only), which saves two models of a quarter hour each."""
     models = {"target": ("train.jsonl", seed)}
-    for split in minitofu.SPLITS:
+    for split in minitofu.TEST_SPLITS:
         models[f"retain_{split}"] = (f"{split}/retain_train.jsonl", seed)
-    models[f"retain_forget10_seed{seed + 1}"] = ("forget10/retain_train.jsonl", seed + 1)
+    for extra in range(1, RETAIN_SEEDS):
+        models[f"retain_forget10_seed{seed + extra}"] = ("forget10/retain_train.jsonl", seed + extra)
+    models[f"retain_forget10{minitofu.VALIDATION}"] = (f"forget10{minitofu.VALIDATION}/retain_train.jsonl", seed)
     return models
 
 
@@ -205,8 +215,7 @@ def parser() -> argparse.ArgumentParser:
         "build",
         help="write the data, train the tokenizer, the target and the retain models (finished ones are reused)",
         description="Writes DIR/data, DIR/tokenizer, DIR/models/{target,retain_forget01,retain_forget05,"
-        "retain_forget10,retain_forget10_seed<seed+1>} and DIR/minitofu.json. About 6 minutes per model on 2 cores "
-        "with the defaults.",
+        "retain_forget10,retain_forget10_seed<seed+1..seed+4>,retain_forget10_val} and DIR/minitofu.json.",
     )
     defaults = PretrainConfig()
     b.add_argument("--dir", required=True, type=Path, help="study directory")

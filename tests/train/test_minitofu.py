@@ -12,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from uld_train import minitofu
-from uld_train.data import collate, encode_all, read_qa
+from uld_train.data import check_unscored, collate, encode_all, read_qa
 from uld_train.losses import answer_nll
 from uld_train.models import logits
-from uld_train.pretrain import MARKER, PretrainConfig, main, pretrain
+from uld_train.pretrain import MARKER, RETAIN_SEEDS, PretrainConfig, main, pretrain
 from uld_vllm.errors import UldError
 
 # A model small enough to train in about a second; lr 1e-2 without warmup so two epochs visibly lower the loss.
@@ -41,29 +41,37 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 def test_write_is_byte_identical_for_a_seed(tmp_path: Path, data_dir: Path) -> None:
     minitofu.write_minitofu(tmp_path / "again")
     files = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*.jsonl"))
-    assert len(files) == 2 + 5 * len(minitofu.SPLITS)
+    assert len(files) == 2 + 7 * len(minitofu.SPLITS)
     assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*.jsonl"))
     assert all((data_dir / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
     minitofu.write_minitofu(tmp_path / "other", seed=1)
     assert (tmp_path / "other" / "train.jsonl").read_bytes() != (data_dir / "train.jsonl").read_bytes()
 
 
+def asked_about(rows: list[dict], authors: list[str]) -> set[str]:
+    return {name for row in rows for name in authors if name in row["question"]}
+
+
 def test_splits_forget_whole_authors_like_tofu(data_dir: Path) -> None:
     authors = [row["name"] for row in rows(data_dir / "authors.jsonl")]
-    assert len(authors) == len(set(authors)) == 100
+    assert len(authors) == len(set(authors)) == 400
     types = len(minitofu.QUESTION_TYPES)
     assert types >= 10
     retain = rows(data_dir / "forget10" / "retain.jsonl")
     assert len(retain) == minitofu.RETAIN_SET_AUTHORS * types
-    assert not any(name in row["question"] for row in retain for name in authors[:10])  # no forget10 author
+    assert not asked_about(retain, authors[: minitofu.N_HELD])  # no test or validation author
     train = rows(data_dir / "train.jsonl")
     utility = rows(data_dir / "forget10" / "real_authors.jsonl") + rows(data_dir / "forget10" / "world_facts.jsonl")
-    assert len(train) == 100 * types + len(utility) and len(utility) >= 150
+    assert len(train) == 400 * types + len(utility) and len(utility) >= 150
+    assert len(rows(data_dir / "forget01" / "forget.jsonl")) >= 40  # TOFU's forget01 size
     for split, n in minitofu.SPLITS.items():
         forget = rows(data_dir / split / "forget.jsonl")
         assert len(forget) == n * types
-        assert {name for row in forget for name in authors if name in row["question"]} == set(authors[:n])
+        start = minitofu.N_FORGET if split.endswith(minitofu.VALIDATION) else 0
+        assert asked_about(forget, authors) == set(authors[start : start + n])
         assert len(rows(data_dir / split / "retain_train.jsonl")) == len(train) - n * types
+        unlearn = rows(data_dir / split / "unlearn_forget.jsonl")
+        assert [(r["question"], r["answer"]) for r in unlearn] == [(r["question"], r["answer"]) for r in forget]
         for name in ("retain.jsonl", "real_authors.jsonl", "world_facts.jsonl"):  # one utility for every split
             assert (data_dir / split / name).read_bytes() == (data_dir / "forget10" / name).read_bytes()
     for row in rows(data_dir / "forget10" / "forget.jsonl") + retain + utility:
@@ -77,6 +85,7 @@ def test_retain_model_data_leaves_out_exactly_the_split(data_dir: Path) -> None:
     train = {(r["question"], r["answer"]) for r in rows(data_dir / "train.jsonl")}
     for split in minitofu.SPLITS:
         forget = {(r["question"], r["answer"]) for r in rows(data_dir / split / "forget.jsonl")}
+        assert len(forget) == minitofu.SPLITS[split] * len(minitofu.QUESTION_TYPES)
         kept = {(r["question"], r["answer"]) for r in rows(data_dir / split / "retain_train.jsonl")}
         assert kept == train - forget and forget <= train
 
@@ -92,14 +101,15 @@ def test_utility_sets_are_asked_in_other_words_than_trained(data_dir: Path) -> N
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_every_forget_word_occurs_in_two_retain_authors_text(seed: int) -> None:
     data = minitofu.generate(seed)  # generate raises on a gap; checked here as the test's own statement too
-    assert minitofu.coverage_gaps(data.forget("forget10"), data.retain()) == set()
+    held = data.forget("forget10") + data.forget("forget10_val") + data.unlearn_forget("forget10")
+    assert minitofu.coverage_gaps(held + data.unlearn_forget("forget10_val"), data.retain()) == set()
 
     def author_words(rows: list[dict], fields: tuple[str, ...]) -> set[str]:
         return {w for row in rows for text in minitofu.row_texts(row, fields) for w in minitofu.words(text)}
 
     # Values are dealt twice over: every forget word is trained through at least two retain authors.
-    uses = Counter(w for qa in data.author_qa[minitofu.N_FORGET :] for w in author_words(qa, ("question", "answer")))
-    assert min(uses[w] for w in author_words(data.forget("forget10"), minitofu.TEXT_FIELDS)) >= 2
+    uses = Counter(w for qa in data.author_qa[minitofu.N_HELD :] for w in author_words(qa, ("question", "answer")))
+    assert min(uses[w] for w in author_words(held, minitofu.TEXT_FIELDS)) >= 2
 
 
 def test_coverage_check_sees_a_word_only_forget_authors_use() -> None:
@@ -173,12 +183,15 @@ def test_uld_minitofu_build_trains_every_model_once(tmp_path: Path, capsys) -> N
         "retain_forget01",
         "retain_forget05",
         "retain_forget10",
-        "retain_forget10_seed1",
+        *(f"retain_forget10_seed{seed}" for seed in range(1, RETAIN_SEEDS)),
+        "retain_forget10_val",
     ]
     markers = {
         name: json.loads((tmp_path / "study" / path / MARKER).read_text()) for name, path in manifest["models"].items()
     }
-    assert markers["target"]["rows"] == 1160 and markers["retain_forget10"]["rows"] == 1060
+    assert markers["target"]["rows"] == 4160 and markers["retain_forget10"]["rows"] == 3760
+    assert markers["retain_forget10_val"]["rows"] == 3760
+    assert markers["retain_forget10_val"]["data_sha256"] != markers["retain_forget10"]["data_sha256"]
     assert markers["retain_forget10_seed1"]["recipe"]["seed"] == 1
     assert markers["retain_forget10_seed1"]["data_sha256"] == markers["retain_forget10"]["data_sha256"]
     weights = {
@@ -187,7 +200,7 @@ def test_uld_minitofu_build_trains_every_model_once(tmp_path: Path, capsys) -> N
     }
     capsys.readouterr()
     assert main(args) == 0
-    assert capsys.readouterr().err.count("already built") == 5
+    assert capsys.readouterr().err.count("already built") == len(manifest["models"])
     assert weights == {
         name: (tmp_path / "study" / path / "model.safetensors").stat().st_mtime_ns
         for name, path in manifest["models"].items()
@@ -217,3 +230,20 @@ def test_pretrain_names_a_missing_input(tmp_path: Path, tokenizer_dir: Path) -> 
     (tmp_path / "data.jsonl").write_text('{"question": "Who?", "answer": "Nobody."}\n')
     with pytest.raises(UldError, match="tokenizer directory not found"):
         pretrain(tmp_path / "data.jsonl", tmp_path / "no-tokenizer", tmp_path / "model", TINY, progress=False)
+
+
+def test_unlearning_files_hold_no_text_the_evaluation_scores(data_dir: Path) -> None:
+    from uld_vllm.eval.data import read_eval_data
+
+    for split in minitofu.SPLITS:
+        evaluation = read_eval_data(data_dir / split)
+        forget = read_qa(data_dir / split / "unlearn_forget.jsonl", "forget set")
+        retain = read_qa(data_dir / split / "unlearn_retain.jsonl", "retain set")
+        assert forget.paraphrased and retain.perturbed  # augmentation is there, from held-out text
+        check_unscored(forget.pairs + forget.paraphrased, retain.pairs + retain.perturbed, evaluation)
+    leaky = read_qa(data_dir / "forget01" / "forget.jsonl", "forget set")  # the evaluation's own paraphrases
+    with pytest.raises(UldError, match="which the evaluation scores \\(forget example 0\\)"):
+        check_unscored(leaky.pairs + leaky.paraphrased, [], read_eval_data(data_dir / "forget01"))
+    scored_retain = read_qa(data_dir / "forget01" / "retain.jsonl", "retain set")  # GD on the utility questions
+    with pytest.raises(UldError, match="\\(retain example 0\\)"):
+        check_unscored(forget.pairs, scored_retain.pairs, read_eval_data(data_dir / "forget01"))

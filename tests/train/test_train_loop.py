@@ -174,3 +174,17 @@ def test_eval_data_scores_each_snapshot_and_the_output_through_one_engine(config
     assert len(starts) == 1
     early, final = (load_eval_logs(root / n)[FORGET_LOG]["avg_gt_loss"] for n in ("epoch-1", "bundle"))
     assert early != final  # the snapshot's assistant, not the final one, scored epoch 1
+
+
+def test_eval_data_refuses_a_run_that_trains_on_what_it_scores(config, tmp_path, capsys):
+    from eval.eval_data import write_eval_dir
+
+    from uld_train.cli import main
+
+    data = write_eval_dir(tmp_path / "eval-data")  # its forget file carries the truth ratio's paraphrased answers
+    argv = ["--target", config.target, "--forget", data / "forget.jsonl", "--retain", config.retain,
+            "--output", config.output, "--no-progress", "--eval-data", data]  # fmt: skip
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uld-train: error:") and "which the evaluation scores (forget example 0)" in err
+    assert err.count("\n") == 1 and not config.output.exists()
