@@ -175,7 +175,8 @@ def metrics(logs: Path, retain_logs: Path) -> dict:
     for split in ("forget", "retain"):
         key = f"Gibberish {split.capitalize()}"
         row[f"gibberish_{split}"] = result.get(key)
-    row["extraction_strength"] = row["exact_memorization"] = None  # not yet computed by uld-eval (closing note)
+    row["extraction_strength"] = result.get("extraction_strength")  # open-unlearning's, on the forget set
+    row["exact_memorization"] = result.get("exact_memorization")
     return row
 
 
@@ -378,6 +379,10 @@ def claims(result: dict) -> list[str]:
     return lines
 
 
+TABLE_KEYS = ("forget_quality", "model_utility", "ks_d", "rouge_forget", "rouge_retain", "gibberish_forget",
+              "gibberish_retain", "extraction_strength", "exact_memorization", "train_seconds")  # fmt: skip
+
+
 def markdown(result: dict) -> str:
     machine = result["machine"]
     lines = [
@@ -398,13 +403,16 @@ def markdown(result: dict) -> str:
         lines += [f"## {split}", ""]
         if "target" not in entry:
             lines += ["(test phase not run yet)", ""]
-        header = "| method | selected (validation) | F.Q. | M.U. | KS D | R-L forget | R-L retain | gibberish forget | gibberish retain | train s |"
-        lines += [header, "|---" * 10 + "|"]
+        header = (
+            "| method | selected (validation) | F.Q. | M.U. | KS D | R-L forget | R-L retain | gibberish forget | "
+            "gibberish retain | ES forget | EM forget | train s |"
+        )
+        lines += [header, "|---" * 12 + "|"]
         for name in ("target", "retain"):
             if name in entry:
                 row = entry[name]
-                cells = [fmt(row.get(k)) for k in ("forget_quality", "model_utility", "ks_d", "rouge_forget", "rouge_retain", "gibberish_forget", "gibberish_retain")]  # fmt: skip
-                lines.append(f"| {name} | - | " + " | ".join(cells) + " | - |")
+                cells = [fmt(row.get(k)) for k in TABLE_KEYS]
+                lines.append(f"| {name} | - | " + " | ".join(cells) + " |")
         for method, record in entry["methods"].items():
             chosen = record["selected"]
             what = (
@@ -413,8 +421,7 @@ def markdown(result: dict) -> str:
                 + ("" if chosen["passed_utility_floor"] else " (no snapshot passed the utility floor)")
             )
             seeds = record.get("seeds", [])
-            keys = ("forget_quality", "model_utility", "ks_d", "rouge_forget", "rouge_retain", "gibberish_forget", "gibberish_retain", "train_seconds")  # fmt: skip
-            lines.append(f"| {LABELS[method]} | {what} | " + " | ".join(seed_cell(seeds, k) for k in keys) + " |")
+            lines.append(f"| {LABELS[method]} | {what} | " + " | ".join(seed_cell(seeds, k) for k in TABLE_KEYS) + " |")
         if "noise" in entry:
             d = median_range([p["ks_d"] for p in entry["noise"]])
             p = median_range([p["forget_quality"] for p in entry["noise"]])

@@ -62,7 +62,7 @@ def test_the_study_runs_every_phase_and_writes_what_tools_read(tmp_path: Path, m
         assert len(record["grid"]["points"]) == 2  # one lr, two epochs, one decoding
         assert [row["seed"] for row in record["seeds"]] == [0, 1]
         for row in record["seeds"] + [split["retain"]]:
-            assert set(M_KEYS) <= set(row)
+            assert set(M_KEYS) <= set(row) and 0 <= row["extraction_strength"] <= 1
             logs = tmp_path / "results" / row["logs"]
             assert (logs / "eval_log_forget.json").exists() and (logs / "eval_log.json").exists()
     assert split["methods"]["uld"]["selected"]["weight"] == -0.8

@@ -5,8 +5,8 @@ TOFU's metrics read the log-probs of answer tokens only. vLLM 0.32's V1 runner c
 request at every prompt row (the question's too), then log-softmax, top-k and rank over the vocabulary; and vLLM
 skips the prefix cache for such requests, so the 7 answers scored per question recompute its prompt 7 times. A
 request opts in to this path with `answer_params(score_from)`: its rows before token `score_from` get NaN (no logits
-are computed there), every answer token gets its exact log-prob (ULD's scoring mode for a ULD engine), ranks are not
-computed (-1), and it may read the prefix cache. A cache hit that reaches into the answer leaves those rows NaN:
+are computed there), every answer token gets its exact log-prob (ULD's scoring mode for a ULD engine) and its rank
+(1: the model's greedy choice there; -1 where not computed), and it may read the prefix cache. A cache hit that reaches into the answer leaves those rows NaN:
 `uncomputed()` finds them, and the caller scores them again without the cache. Requests that do not opt in take
 vLLM's own path, unchanged.
 """
@@ -14,7 +14,7 @@ vLLM's own path, unchanged.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -35,23 +35,31 @@ def answer_params(score_from: int, read_cache: bool = True):
     )
 
 
-def answer_logprobs(output, score_from: int) -> list[float]:
-    """The answer tokens' log-probs from a RequestOutput of `answer_params(score_from)` (NaN where not computed)."""
+class ScoredAnswer(NamedTuple):
+    """An answer's tokens as the model scores them, teacher-forced after its prompt."""
+
+    logprobs: list[float]  # log p(token | prompt, earlier answer tokens)
+    greedy: list[bool]  # the token is the model's most likely one there (Exact Memorization, Extraction Strength)
+
+
+def answer_logprobs(output, score_from: int) -> ScoredAnswer:
+    """The answer tokens' log-probs and greedy flags from a RequestOutput of `answer_params(score_from)` (log-prob
+    NaN where not computed)."""
     tokens = output.prompt_token_ids[score_from:]
-    entries = output.prompt_logprobs[score_from:]
-    return [entry[token].logprob for token, entry in zip(tokens, entries, strict=True)]
+    entries = [entry[token] for token, entry in zip(tokens, output.prompt_logprobs[score_from:], strict=True)]
+    return ScoredAnswer([e.logprob for e in entries], [e.rank == 1 for e in entries])
 
 
-def uncomputed(logprobs: list[float]) -> bool:
-    return any(math.isnan(value) for value in logprobs)
+def uncomputed(scored: ScoredAnswer) -> bool:
+    return any(math.isnan(value) for value in scored.logprobs)
 
 
-def score_answers(llm, pairs: list[tuple[list[int], list[int]]], progress: bool = False) -> list[list[float]]:
+def score_answers(llm, pairs: list[tuple[list[int], list[int]]], progress: bool = False) -> list[ScoredAnswer]:
     """Each (prompt, answer) pair's answer-token log-probs. Pairs go to the engine in prompt order, so a question's
     answers meet its prompt in the prefix cache; pairs whose cache hit reached into the answer are scored again
     without the cache."""
     order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
-    scores: list[list[float]] = [[] for _ in pairs]
+    scores: list[ScoredAnswer] = [ScoredAnswer([], []) for _ in pairs]
     todo, read_cache = order, True
     while todo:
         outputs = llm.generate(
@@ -69,15 +77,21 @@ def score_answers(llm, pairs: list[tuple[list[int], list[int]]], progress: bool 
 ROWS_PER_CALL = 32  # the head's (rows, vocab) tensors stay small enough to be reused, not allocated (page-faulted)
 
 
-def _chosen_logprobs(model, hidden_states: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) at each of `rows`, through the model's compute_logits, ROWS_PER_CALL rows at a time."""
+def _chosen_logprobs(
+    model, hidden_states: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) and target's rank (vLLM's: 1 + the tokens more likely) at each of `rows`, through the model's
+    compute_logits, ROWS_PER_CALL rows at a time."""
     chosen = torch.empty(rows.numel(), dtype=torch.float32)
+    ranks = torch.empty(rows.numel(), dtype=torch.int32)
     for start in range(0, rows.numel(), ROWS_PER_CALL):
         part = slice(start, start + ROWS_PER_CALL)
         logits = model.compute_logits(hidden_states.index_select(0, rows[part].to(hidden_states.device)))
         logprobs = logits.log_softmax(dim=-1, dtype=torch.float32)
-        chosen[part] = logprobs.gather(-1, targets[part].to(logprobs.device).unsqueeze(-1)).squeeze(-1).cpu()
-    return chosen
+        picked = logprobs.gather(-1, targets[part].to(logprobs.device).unsqueeze(-1))
+        chosen[part] = picked.squeeze(-1).cpu()
+        ranks[part] = ((logprobs > picked).sum(-1) + 1).to(torch.int32).cpu()
+    return chosen, ranks
 
 
 def score_from(request: Any) -> int | None:
@@ -136,10 +150,11 @@ def _score_answers(
             targets.append(torch.tensor(prompt[first + 1 : start + count + 1], dtype=torch.long))
             places.append((tensors, first, start + count - first))
     if rows:
-        chosen = _chosen_logprobs(runner.model, hidden_states, torch.cat(rows), torch.cat(targets))
+        chosen, ranks = _chosen_logprobs(runner.model, hidden_states, torch.cat(rows), torch.cat(targets))
         done = 0
         for tensors, first, count in places:
             tensors.logprobs[first : first + count, 0] = chosen[done : done + count]
+            tensors.selected_token_ranks[first : first + count] = ranks[done : done + count]
             done += count
     for request_id in finished:
         del runner.num_prompt_logprobs[request_id]

@@ -195,8 +195,9 @@ class ReferenceDecoder:
         return logprobs.gather(-1, torch.tensor(continuation).unsqueeze(-1)).squeeze(-1)
 
     @torch.no_grad()
-    def score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
-        """`score` for many (prompt, continuation) pairs in one right-padded forward pass of each model."""
+    def score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`score` for many (prompt, continuation) pairs in one right-padded forward pass of each model; with each
+        pair's log-probs, whether each token is the most likely one at its position (ties count as most likely)."""
         if any(not prompt or not continuation for prompt, continuation in pairs):
             raise ValueError("score needs a non-empty prompt and continuation")
         width = max(len(p) + len(c) for p, c in pairs)
@@ -210,8 +211,11 @@ class ReferenceDecoder:
         cols = torch.cat([torch.arange(len(p) - 1, len(p) - 1 + len(c)) for p, c in pairs])
         logits, _ = self._step(ids, mask, positions, NO_CACHES, "score", (rows, cols))
         tokens = torch.tensor([t for _, c in pairs for t in c])
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        return list(logprobs.split([len(c) for _, c in pairs]))
+        all_logprobs = torch.log_softmax(logits, dim=-1)
+        logprobs = all_logprobs.gather(-1, tokens.unsqueeze(-1))
+        greedy = (all_logprobs > logprobs).sum(-1) == 0
+        sizes = [len(c) for _, c in pairs]
+        return list(zip(logprobs.squeeze(-1).split(sizes), greedy.split(sizes), strict=True))
 
     @torch.no_grad()
     def prompt_logprobs(self, prompt: list[int]) -> torch.Tensor:

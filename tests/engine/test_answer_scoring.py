@@ -45,10 +45,17 @@ def scored(bundle_factory):
 def test_answer_logprobs_equal_the_references_in_chunks_and_from_the_cache(scored):
     llm, reference = scored
     pairs = question_pairs(reference.target.config.vocab_size, seed=0)
+    # Each question's third answer continues greedily from its prompt (the reference's own choices), so greedy flags
+    # are not all False and a wrong rank would show.
+    for i in range(2, len(pairs), 3):
+        prompt, answer = pairs[i]
+        pairs[i] = (prompt, reference.generate([prompt], len(answer))[0])
     got = score_answers(llm, pairs)
-    for (prompt, answer), values in zip(pairs, got, strict=True):
-        want = reference.score(prompt, answer)
-        torch.testing.assert_close(torch.tensor(values), want, atol=1e-4, rtol=0)
+    want = reference.score_batch(pairs)
+    for (values, greedy), (want_values, want_greedy) in zip(got, want, strict=True):
+        torch.testing.assert_close(torch.tensor(values), want_values, atol=1e-4, rtol=0)
+        assert greedy == want_greedy.tolist()
+    assert any(all(greedy) for _, greedy in got) and not all(all(greedy) for _, greedy in got)
 
 
 def test_prompt_rows_get_no_logits_and_a_cache_hit_into_an_answer_is_left_uncomputed(scored):

@@ -12,7 +12,14 @@ from eval_data import write_eval_dir
 from helpers import SMALL_ENGINE, count_model_reads, refusal
 
 from uld_vllm.eval.cli import main
-from uld_vllm.eval.metrics import FORGET_LOG, REAL_AUTHORS_LOG, REAL_WORLD_LOG, RETAIN_LOG, load_eval_logs
+from uld_vllm.eval.metrics import (
+    FORGET_LOG,
+    MEMORIZATION_KEYS,
+    REAL_AUTHORS_LOG,
+    REAL_WORLD_LOG,
+    RETAIN_LOG,
+    load_eval_logs,
+)
 from uld_vllm.eval.run import EvalSettings, evaluate
 
 LOSS_KEYS = ("avg_gt_loss", "gt_loss", "avg_paraphrased_loss", "paraphrased_loss", "truth_ratio")
@@ -59,6 +66,8 @@ def test_engine_eval_equals_the_reference_decoder(case, bundle_factory, data):
         assert log["generated_text"] == want["generated_text"]  # greedy, token for token
         assert log["rougeL_recall"] == want["rougeL_recall"]
         assert log["num_token_gt"] == want["num_token_gt"]
+        for key in MEMORIZATION_KEYS:  # from the greedy flags of the true answer's tokens
+            assert log[key] == want[key]
     assert engine.timings.scored_tokens == reference.timings.scored_tokens > 0
 
 

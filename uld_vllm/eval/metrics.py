@@ -57,6 +57,9 @@ LOG_KEYS: tuple[str, ...] = (
 # prompt format), nats; None for an empty answer. Not TOFU's: it tells a fluent wrong answer from noise.
 FLUENCY_KEY = "fluency_nll"
 GIBBERISH_QUANTILE = 0.95  # an answer is gibberish above this quantile of the retain model's own answers' NLL
+# open-unlearning's generation-level memorisation of the true answer, teacher-forced (not TOFU's; absent from older
+# logs): the share of its tokens that are the model's greedy choice, and Extraction Strength (below).
+MEMORIZATION_KEYS = {"exact_memorization": "Exact Memorization", "extraction_strength": "Extraction Strength"}
 # The keys the aggregation reads; a log lacking one cannot be scored.
 AGGREGATED_KEYS: tuple[str, ...] = ("avg_gt_loss", "rougeL_recall", "avg_paraphrased_loss", "average_perturb_loss")
 # Splits whose "Prob." is the plain probability of the true answer (TOFU: `'eval_log' in k`); on the real-author and
@@ -125,6 +128,18 @@ def example_log_entries(
         "num_token_perturb": list(n_perturb),
         "truth_ratio": math.exp(avg_para - sum(avg_perturb) / len(avg_perturb)),
     }
+
+
+def memorization_entries(greedy: Sequence[bool]) -> dict[str, float]:
+    """Exact Memorization and Extraction Strength of one true answer from its greedy flags (one per scored token).
+
+    As open-unlearning computes them (its memorization.py): EM is the share of greedy tokens; ES is 1 - k / n for the
+    smallest k whose suffix is all greedy, where a last token that is not greedy leaves k at n - 1 (ES = 1 / n)."""
+    n = len(greedy)
+    if n == 0:
+        raise EvalError("an answer has no scored tokens")
+    k = next((k for k in range(n) if all(greedy[k:])), n - 1)
+    return {"exact_memorization": sum(greedy) / n, "extraction_strength": 1 - k / n}
 
 
 # ---- loading and checking logs ----------------------------------------------------------------------------------
@@ -300,8 +315,9 @@ def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
 
     Keys are TOFU's ("ROUGE Retain", "Prob. Real Authors", "Truth Ratio Forget", ..., "Model Utility", and, given the
     retain model's logs, "Forget Quality", "KS Test PVal Forget", "KS Test Forget" and, for judged logs, "Gibberish
-    {split}"), then snake_case conveniences:
-    model_utility, rouge_retain, rouge_forget and, with retain logs, forget_quality. Without retain logs there is no
+    {split}"; for logs that have them, "Exact Memorization Forget" and "Extraction Strength Forget"), then snake_case
+    conveniences: model_utility, rouge_retain, rouge_forget, exact_memorization and extraction_strength (when logged)
+    and, with retain logs, forget_quality. Without retain logs there is no
     Forget Quality, and its keys are absent.
     """
     _check_logs(logs, "logs")
@@ -310,6 +326,9 @@ def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
         _check_logs(retain_logs, "retain logs")
         result.update(forget_quality(logs, retain_logs))
         result.update(gibberish_rate(logs, retain_logs))
+    for key, name in MEMORIZATION_KEYS.items():
+        if key in logs[FORGET_LOG]:
+            result[f"{name} Forget"] = result[key] = float(np.mean(_values(logs[FORGET_LOG], key)))
     result["model_utility"] = result["Model Utility"]
     result["rouge_retain"] = result["ROUGE Retain"]
     result["rouge_forget"] = result["ROUGE Forget"]

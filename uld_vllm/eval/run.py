@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from uld_vllm.answer_scoring import ScoredAnswer
 from uld_vllm.eval.data import SPLIT_FILES, EvalExample, read_eval_data
 from uld_vllm.eval.metrics import (
     FLUENCY_KEY,
@@ -27,6 +28,7 @@ from uld_vllm.eval.metrics import (
     RETAIN_LOG,
     EvalError,
     example_log_entries,
+    memorization_entries,
     rouge_l_recall,
 )
 from uld_vllm.qa import answer_ids, prompt_ids
@@ -89,8 +91,9 @@ class EvalResult:
 class Backend(Protocol):
     """What an evaluation needs from a model: answer-token log-probs and greedy continuations."""
 
-    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
-        """log p(answer token | prompt, earlier answer tokens) for each (prompt ids, answer ids) pair."""
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[ScoredAnswer]:
+        """log p(answer token | prompt, earlier answer tokens), and whether it is the greedy choice, for each
+        (prompt ids, answer ids) pair."""
 
     def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
         """Greedy token ids after each prompt (EOS included when reached)."""
@@ -126,7 +129,7 @@ class VllmBackend:
         self.model = model
         self.progress = settings.progress
 
-    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[ScoredAnswer]:
         from uld_vllm.answer_scoring import score_answers
 
         return score_answers(self.llm, pairs, self.progress)
@@ -174,10 +177,10 @@ class ReferenceBackend:
         for start in tqdm(range(0, len(items), self.batch_size), desc=desc, disable=not self.progress):
             yield items[start : start + self.batch_size]
 
-    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[ScoredAnswer]:
         scores = []
         for chunk in self._chunks(pairs, "reference scoring"):
-            scores.extend(row.tolist() for row in self.decoder.score_batch(chunk))
+            scores.extend(ScoredAnswer(lp.tolist(), g.tolist()) for lp, g in self.decoder.score_batch(chunk))
         return scores
 
     def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
@@ -279,7 +282,8 @@ def evaluate_examples(
     records: dict[str, dict[int, dict[str, Any]]] = {split: {} for split in encoded}
     for (split, index, ex), generated in zip(items, generations, strict=True):
         gt, paraphrased, *perturbed = (next(scores) for _ in ex.answers)
-        entry = example_log_entries(gt, paraphrased, perturbed)
+        entry = example_log_entries(gt.logprobs, paraphrased.logprobs, [p.logprobs for p in perturbed])
+        entry |= memorization_entries(gt.greedy)
         source = examples[split][index]
         text = tokenizer.decode(generated, skip_special_tokens=True).strip()
         # TOFU's order: [input, generation, ground truth].
@@ -438,7 +442,7 @@ def judge_nll(
         scores = backend.score(judged_pairs)
     finally:
         backend.close()
-    for i, logprobs in zip(judged, scores, strict=True):
+    for i, (logprobs, _) in zip(judged, scores, strict=True):
         values[i] = -sum(logprobs) / len(logprobs)
     return values
 
