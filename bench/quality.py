@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from uld_vllm.engine import in_process_engine_core  # noqa: E402
@@ -42,6 +43,7 @@ from uld_train.config import TrainConfig  # noqa: E402
 from uld_train.data import check_unscored  # noqa: E402
 from uld_train.loop import train, training_pairs  # noqa: E402
 from uld_train.pretrain import PretrainConfig, build, study_models  # noqa: E402
+from uld_vllm import stamps  # noqa: E402
 from uld_vllm.engine import DTYPES, quiet_vllm, resolve_dtype  # noqa: E402
 from uld_vllm.eval.data import read_eval_data  # noqa: E402
 from uld_vllm.eval.metrics import FORGET_LOG, RETAIN_LOG, aggregate, forget_quality, load_eval_logs  # noqa: E402
@@ -102,31 +104,37 @@ class Study:
     def run_dir(self, split: str, method: str, lr: float, seed: int) -> Path:
         return self.work / "runs" / split / method / f"lr{fmt_lr(lr)}-seed{seed}"
 
-    def train(self, split: str, method: str, lr: float, seed: int) -> tuple[Path, float]:
-        """uld-train on the split's unlearning files (checked against its evaluation first), snapshot every epoch."""
+    def train(self, split: str, method: str, lr: float, seed: int) -> tuple[list[Path], float]:
+        """uld-train on the split's unlearning files (checked against its evaluation first): its models by epoch
+        (a snapshot after each) and its training seconds."""
         out = self.run_dir(split, method, lr, seed) / "model"
-        timing = out.with_name("seconds")
-        if not timing.exists():
-            config = TrainConfig(
-                target=self.model("target"),
-                forget=self.data(split) / "unlearn_forget.jsonl",
-                retain=self.data(split) / "unlearn_retain.jsonl",
-                output=out,
-                method=method,
-                lr=lr,
-                epochs=PROTOCOL["max_epochs"],
-                batch_size=PROTOCOL["batch_size"],
-                grad_accum=PROTOCOL["grad_accum"],
-                seed=seed,
-                snapshot_every=1,
-                progress=self.progress,
-                **METHOD_ARGS[method],
-            )
+        config = TrainConfig(
+            target=self.model("target"),
+            forget=self.data(split) / "unlearn_forget.jsonl",
+            retain=self.data(split) / "unlearn_retain.jsonl",
+            output=out,
+            method=method,
+            lr=lr,
+            epochs=PROTOCOL["max_epochs"],
+            batch_size=PROTOCOL["batch_size"],
+            grad_accum=PROTOCOL["grad_accum"],
+            seed=seed,
+            snapshot_every=1,
+            progress=self.progress,
+            **METHOD_ARGS[method],
+        )
+        # The stamp records what decides the run (a changed protocol retrains) and the commit that trained it.
+        record = {"config": {k: str(v) for k, v in asdict(replace(config, progress=False)).items()}}
+        stamp = out.with_name("run.json")
+        done = stamps.matching(stamp, record, subset=True)
+        if done is None:
             check_unscored(*training_pairs(config), read_eval_data(self.data(split)))
+            shutil.rmtree(out.parent / "logs", ignore_errors=True)  # evaluations of an earlier run of this place
             started = time.perf_counter()
             train(config)
-            timing.write_text(f"{time.perf_counter() - started:.1f}\n")
-        return out, float(timing.read_text())
+            done = record | {"seconds": round(time.perf_counter() - started, 1), "commit": commit()}
+            stamps.write(stamp, done)
+        return config.epoch_models(), done["seconds"]
 
     def evaluate(
         self, models: list[Path], outputs: list[Path], split: str, judge: Path | None = None, **settings
@@ -151,12 +159,6 @@ class Study:
         """A fixed model's logs on a split (target, retain); judged by the split's retain model when asked."""
         out = self.work / "logs" / split / (name + ("-judged" if judged else ""))
         return self.evaluate([model], [out], split, self.retain_model(split) if judged else None)[0]
-
-
-def snapshots(output: Path) -> list[Path]:
-    """A run's models by epoch: its snapshots, then its output (the last epoch)."""
-    found = sorted(output.with_name(output.name + ".snapshots").glob("epoch-*"), key=lambda p: int(p.name[6:]))
-    return found + [output]
 
 
 def decodings(method: str) -> list[dict]:
@@ -196,8 +198,7 @@ def grid_points(study: Study, split: str, method: str) -> list[dict]:
     retain_logs = study.reference_logs(validation, "retain", study.retain_model(validation))
     points = []
     for lr in PROTOCOL["lr_grid"]:
-        output, seconds = study.train(validation, method, lr, PROTOCOL["seeds"][0])
-        models = snapshots(output)
+        models, seconds = study.train(validation, method, lr, PROTOCOL["seeds"][0])
         for decoding in decodings(method):
             run = study.run_dir(validation, method, lr, PROTOCOL["seeds"][0])
             outputs = [run / "logs" / decoding_name(decoding) / f"epoch-{e}" for e in range(1, len(models) + 1)]
@@ -225,8 +226,8 @@ def test_runs(study: Study, split: str, method: str, chosen: dict) -> list[dict]
     decoding = {k: chosen[k] for k in ("weight", "filter") if k in chosen}
     rows = []
     for seed in PROTOCOL["seeds"]:
-        output, seconds = study.train(split, method, chosen["lr"], seed)
-        model = snapshots(output)[chosen["epoch"] - 1]
+        models, seconds = study.train(split, method, chosen["lr"], seed)
+        model = models[chosen["epoch"] - 1]
         out = (
             study.run_dir(split, method, chosen["lr"], seed)
             / "logs"

@@ -70,6 +70,6 @@ def test_the_study_runs_every_phase_and_writes_what_tools_read(tmp_path: Path, m
     markdown = (tmp_path / "results" / "quality-minitofu.md").read_text()
     assert "| ULD | lr 1e-3, epoch" in markdown and "Noise floor, 10 pairs" in markdown
 
-    trained = sorted(p.stat().st_mtime_ns for p in (tmp_path / "work" / "runs").rglob("seconds"))
+    trained = sorted(p.stat().st_mtime_ns for p in (tmp_path / "work" / "runs").rglob("run.json"))
     assert quality.main(argv) == 0  # a second run finds everything cached: nothing trains again
-    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "work" / "runs").rglob("seconds")) == trained
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "work" / "runs").rglob("run.json")) == trained

@@ -138,8 +138,7 @@ def evaluate_run(config: TrainConfig, data: str) -> None:
     from uld_vllm.eval.cli import summary_line
     from uld_vllm.eval.run import EvalSettings, evaluate_checkpoints
 
-    snapshots = config.snapshot_dir.glob("epoch-*") if config.snapshot_dir.is_dir() else []
-    models = [str(p) for p in sorted(snapshots, key=lambda p: int(p.name.split("-")[1]))] + [str(config.output)]
+    models = [str(p) for p in config.epoch_models()]
     root = config.output.with_name(config.output.name + ".eval")
     outputs = [str(root / Path(model).name) for model in models]
     settings = EvalSettings(model=models[0], data=data, progress=config.progress)

@@ -72,6 +72,11 @@ class TrainConfig:
         """Models along training (for utility-vs-forgetting curves); kept after the run, unlike checkpoints."""
         return self.output.with_name(self.output.name + ".snapshots")
 
+    def epoch_models(self) -> list[Path]:
+        """The run's models in training order: its snapshots (epoch-E), then its output."""
+        found = self.snapshot_dir.glob("epoch-*") if self.snapshot_dir.is_dir() else []
+        return sorted(found, key=lambda p: int(p.name.split("-")[1])) + [self.output]
+
 
 # Fields a resumed run may change without changing its result (device placement and bookkeeping only).
 RESUMABLE_CHANGES = frozenset(

@@ -65,6 +65,11 @@ class BundleError(UldError):
     """A bundle (or its ingredients) is unusable; the message is one line naming the problem."""
 
 
+def check_min_keep(min_keep: int | None) -> None:
+    if min_keep is not None and (isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 1):
+        raise BundleError(f"uld.min_keep must be a whole number >= 1 (or absent), got {min_keep!r}")
+
+
 @dataclass(frozen=True)
 class ULDSettings:
     """The bundle's "uld" config section."""
@@ -87,9 +92,7 @@ class ULDSettings:
 
     def validated(self) -> ULDSettings:
         check_weight_filter(self.weight, self.filter)
-        if self.min_keep is not None and (isinstance(self.min_keep, bool) or not isinstance(self.min_keep, int)
-                                          or self.min_keep < 1):  # fmt: skip
-            raise BundleError(f"uld.min_keep must be a whole number >= 1 (or absent), got {self.min_keep!r}")
+        check_min_keep(self.min_keep)
         if self.assistant_format not in ("full", "lora"):
             raise BundleError(f"uld.assistant_format must be 'full' or 'lora', got {self.assistant_format!r}")
         if self.version != FORMAT_VERSION:
@@ -326,8 +329,8 @@ def build_bundle(
 ) -> Bundle:
     """Assemble a bundle from a target HF checkpoint and an assistant (full K-layer HF checkpoint or PEFT LoRA)."""
     target, assistant, output = Path(target), Path(assistant), Path(output)
-    check_weight_filter(weight, filter)
-    ULDSettings(1, min_keep=min_keep).validated()  # refused before anything is read
+    check_weight_filter(weight, filter)  # refused before anything is read
+    check_min_keep(min_keep)
     if not target.is_dir():
         raise BundleError(f"target checkpoint directory not found: {target}")
     if not assistant.is_dir():

@@ -126,7 +126,6 @@ class VllmBackend:
             # cost more than the copy's memory (K of the target's layers) saves (bench/results/README.md).
             kwargs["hf_overrides"] = {"uld_share_weights": False}
         self.llm = make_llm(model, **(kwargs | engine_args))  # checked by evaluate() (a Ray shard's driver)
-        self.model = model
         self.progress = settings.progress
 
     def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[ScoredAnswer]:
@@ -143,15 +142,13 @@ class VllmBackend:
 
     def swap(self, model: CheckedModel) -> None:
         """The new weights go into this engine through vLLM's in-place reload (no new engine start); the prefix
-        cache, computed with the old weights, is dropped. A bundle must be another assistant of the served target,
-        a plain checkpoint the served model's shapes."""
-        check_swappable(self.model, model)
+        cache, computed with the old weights, is dropped. The caller has checked `check_swappable` (before the
+        engine started); a bundle's target is checked again by the served model itself (`ULDForCausalLM.serve`)."""
         if model.bundle is not None:
             bundle = model.bundle
             self.llm.apply_model(lambda served: served.serve(bundle))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(model.path)})
         self.llm.reset_prefix_cache()
-        self.model = model
 
     def close(self) -> None:
         from uld_vllm.engine import shutdown_llm
