@@ -42,7 +42,7 @@ from uld_train import minitofu  # noqa: E402
 from uld_train.config import TrainConfig  # noqa: E402
 from uld_train.data import check_unscored  # noqa: E402
 from uld_train.loop import train, training_pairs  # noqa: E402
-from uld_train.pretrain import PretrainConfig, build, study_models  # noqa: E402
+from uld_train.pretrain import MARKER, PretrainConfig, build, study_models  # noqa: E402
 from uld_vllm import stamps  # noqa: E402
 from uld_vllm.engine import DTYPES, quiet_vllm, resolve_dtype  # noqa: E402
 from uld_vllm.eval.data import read_eval_data  # noqa: E402
@@ -125,6 +125,7 @@ class Study:
         )
         # The stamp records what decides the run (a changed protocol retrains) and the commit that trained it.
         record = {"config": {k: str(v) for k, v in asdict(replace(config, progress=False)).items()}}
+        record["target"] = self.version(self.model("target"))
         stamp = out.with_name("run.json")
         done = stamps.matching(stamp, record, subset=True)
         if done is None:
@@ -157,8 +158,12 @@ class Study:
 
     def reference_logs(self, split: str, name: str, model: Path, judged: bool = False) -> Path:
         """A fixed model's logs on a split (target, retain); judged by the split's retain model when asked."""
-        out = self.work / "logs" / split / (name + ("-judged" if judged else ""))
+        out = self.work / "logs" / split / f"{name}-{self.version(model)}{'-judged' if judged else ''}"
         return self.evaluate([model], [out], split, self.retain_model(split) if judged else None)[0]
+
+    def version(self, model: Path) -> str:
+        """A study model's identity: its pretraining stamp's hash (a rebuilt model is evaluated again)."""
+        return stamps.sha256(model / MARKER)[:12]
 
 
 def decodings(method: str) -> list[dict]:
@@ -242,7 +247,7 @@ def test_runs(study: Study, split: str, method: str, chosen: dict) -> list[dict]
 def noise(study: Study, split: str) -> list[dict]:
     """Forget Quality between every pair of forget10 retain models on the split's forget set."""
     names = ["retain_forget10"] + [n for n in study_models(0) if n.startswith("retain_forget10_seed")]
-    outs = [study.work / "logs" / split / f"noise-{name}" for name in names]
+    outs = [study.work / "logs" / split / f"noise-{name}-{study.version(study.model(name))}" for name in names]
     for name, out in zip(names, outs, strict=True):
         study.evaluate([study.model(name)], [out], split, splits=("forget",))
     logs = [load_eval_logs(out) for out in outs]
