@@ -273,11 +273,8 @@ def run(study: Study, until: str) -> dict:
         )
         entry["validation_target"] = target_val
         if stop >= PHASES.index("test"):
-            entry["target"] = metrics(
-                study.reference_logs(split, "target", study.model("target"), judged=True),
-                study.reference_logs(split, "retain", study.retain_model(split), judged=True),
-            )
             retain = study.reference_logs(split, "retain", study.retain_model(split), judged=True)
+            entry["target"] = metrics(study.reference_logs(split, "target", study.model("target"), judged=True), retain)
             entry["retain"] = metrics(retain, retain) | {"logs_dir": str(retain), "train_seconds": None}
             entry["target"]["train_seconds"] = None
         for method in METHODS:

@@ -6,9 +6,9 @@ request at every prompt row (the question's too), then log-softmax, top-k and ra
 skips the prefix cache for such requests, so the 7 answers scored per question recompute its prompt 7 times. A
 request opts in to this path with `answer_params(score_from)`: its rows before token `score_from` get NaN (no logits
 are computed there), every answer token gets its exact log-prob (ULD's scoring mode for a ULD engine) and its rank
-(1: the model's greedy choice there; -1 where not computed), and it may read the prefix cache. A cache hit that reaches into the answer leaves those rows NaN:
-`uncomputed()` finds them, and the caller scores them again without the cache. Requests that do not opt in take
-vLLM's own path, unchanged.
+(1: the model's greedy choice there; -1 where not computed), and it may read the prefix cache. A cache hit that
+reaches into the answer leaves those rows NaN: `uncomputed()` finds them, and the caller scores them again without
+the cache. Requests that do not opt in take vLLM's own path, unchanged.
 """
 
 from __future__ import annotations
