@@ -41,7 +41,7 @@ in_process_engine_core()
 from uld_train import minitofu  # noqa: E402
 from uld_train.config import TrainConfig  # noqa: E402
 from uld_train.data import check_unscored  # noqa: E402
-from uld_train.loop import train, training_pairs  # noqa: E402
+from uld_train.loop import check_config, train, training_pairs  # noqa: E402
 from uld_train.pretrain import MARKER, PretrainConfig, build, study_models  # noqa: E402
 from uld_vllm import stamps  # noqa: E402
 from uld_vllm.engine import DTYPES, quiet_vllm, resolve_dtype  # noqa: E402
@@ -129,7 +129,7 @@ class Study:
         stamp = out.with_name("run.json")
         done = stamps.matching(stamp, record, subset=True)
         if done is None:
-            check_unscored(*training_pairs(config), read_eval_data(self.data(split)))
+            check_unscored(*training_pairs(config, check_config(config)), read_eval_data(self.data(split)))
             shutil.rmtree(out.parent / "logs", ignore_errors=True)  # evaluations of an earlier run of this place
             started = time.perf_counter()
             train(config)
@@ -184,6 +184,7 @@ def metrics(logs: Path, retain_logs: Path) -> dict:
         row[f"gibberish_{split}"] = result.get(key)
     row["extraction_strength"] = result.get("extraction_strength")  # open-unlearning's, on the forget set
     row["exact_memorization"] = result.get("exact_memorization")
+    row["facts_stated"] = result.get("facts_stated")  # the share of true facts the forget answers state
     return row
 
 
@@ -383,7 +384,7 @@ def claims(result: dict) -> list[str]:
 
 
 TABLE_KEYS = ("forget_quality", "model_utility", "ks_d", "rouge_forget", "rouge_retain", "gibberish_forget",
-              "gibberish_retain", "extraction_strength", "exact_memorization", "train_seconds")  # fmt: skip
+              "gibberish_retain", "extraction_strength", "exact_memorization", "facts_stated", "train_seconds")  # fmt: skip
 
 
 def markdown(result: dict) -> str:
@@ -408,9 +409,9 @@ def markdown(result: dict) -> str:
             lines += ["(test phase not run yet)", ""]
         header = (
             "| method | selected (validation) | F.Q. | M.U. | KS D | R-L forget | R-L retain | gibberish forget | "
-            "gibberish retain | ES forget | EM forget | train s |"
+            "gibberish retain | ES forget | EM forget | facts stated forget | train s |"
         )
-        lines += [header, "|---" * 12 + "|"]
+        lines += [header, "|---" * 13 + "|"]
         for name in ("target", "retain"):
             if name in entry:
                 row = entry[name]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from uld_train.config import DTYPES, TrainConfig
 from uld_train.data import check_unscored
-from uld_train.loop import train, training_pairs
+from uld_train.loop import check_config, train, training_pairs
 from uld_train.methods import METHODS
 from uld_vllm.errors import command
 
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         from uld_vllm.eval.data import read_eval_data
 
         in_process_engine_core()
-        check_unscored(*training_pairs(config), read_eval_data(eval_data))  # bad data fails now, not after training
+        pairs = training_pairs(config, check_config(config))
+        check_unscored(*pairs, read_eval_data(eval_data))  # bad data fails now, not after training
     result = train(config)
     terms = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if k not in ("step", "epoch", "elapsed_s"))
     what = f"ULD bundle (K={result.layers})" if result.layers is not None else "HF checkpoint"

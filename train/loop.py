@@ -120,10 +120,10 @@ def config_record(config: TrainConfig) -> dict:
     }
 
 
-def training_pairs(config: TrainConfig) -> tuple[list[QA], list[QA]]:
+def training_pairs(config: TrainConfig, method: Method) -> tuple[list[QA], list[QA]]:
     """What the run trains on: forget pairs (+ paraphrases); retain pairs (+ their perturbed answers where the method
-    wants ignorance). The forget file's perturbed answers are never trained on: TOFU's truth ratio evaluates those."""
-    method = METHODS[config.method](config.retain_weight)
+    wants ignorance); method is check_config's. The forget file's perturbed answers are never trained on: TOFU's
+    truth ratio evaluates those."""
     forget_set = read_qa(config.forget, "forget set")
     retain_set = read_qa(config.retain, "retain set") if config.retain is not None else None
     forget_pairs = forget_set.pairs + (forget_set.paraphrased if config.augment else [])
@@ -150,7 +150,7 @@ def train(config: TrainConfig) -> TrainResult:
         layers = check_depth(config.layers if config.layers is not None else default_layers(depth), depth)
 
     tokenizer = load_tokenizer(config.target)
-    forget_pairs, retain_pairs = training_pairs(config)
+    forget_pairs, retain_pairs = training_pairs(config, method)
     forget = encode_all(tokenizer, forget_pairs, config.max_length)
     retain = encode_all(tokenizer, retain_pairs, config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -1,4 +1,4 @@
-"""Mini-TOFU: a seeded, TOFU-shaped dataset of 100 fictional authors small enough to train and unlearn on 2 CPU cores.
+"""Mini-TOFU: a seeded, TOFU-shaped dataset of 400 fictional authors small enough to train and unlearn on 2 CPU cores.
 
 TOFU (Maini et al. 2024) fine-tunes a model on QA about 200 fictional authors and asks it to forget 1%, 5% or 10% of
 them. Here the facts come from the pools below, so a model trained from scratch on them (uld_train.pretrain) knows
@@ -7,7 +7,7 @@ exactly what the dataset says and nothing else. Layout written by `write_minitof
     root/train.jsonl                  everything the target learns (all authors + both utility sets), question/answer
     root/authors.jsonl                the fact table, one author per line (for readers; nothing trains on it)
     root/<split>/forget.jsonl         evaluated: the split's authors' QA    question, answer, paraphrased_answer,
-    root/<split>/retain.jsonl         evaluated: the last 30 authors' QA    perturbed_answer (list)
+    root/<split>/retain.jsonl         evaluated: the last 30 authors' QA    perturbed_answer (list), facts (list)
     root/<split>/real_authors.jsonl   evaluated utility: "real" authors of this world (answer, perturbed_answer)
     root/<split>/world_facts.jsonl    evaluated utility: facts about this world's countries
     root/<split>/unlearn_forget.jsonl unlearning's forget set: the split's QA, augmented with held-out phrasings
@@ -22,9 +22,12 @@ uses each question type's third phrasing and third answer template, which no eva
 Design rules (VERIFIED_FACTS.md, "A miniature TOFU"):
 - Every token of a forget author's text also occurs in retain authors' trained text, or the retain model never
   learns it and its truth ratios on the forget set fall for reasons that have nothing to do with forgetting. Values
-  are dealt to authors 10..99 from reshuffled copies of each pool (no pool holds more than 45 values, so each value
-  goes to at least two retain authors), forget authors draw from the same pools, and templates never start with a value, so a value always follows a space and
-  tokenizes the same way everywhere. `write_minitofu` checks the invariant on the text itself (`coverage_gaps`).
+  are dealt to the retain authors (80..399) from reshuffled copies of each pool, forget authors draw from the same
+  pools, and templates never start with a value, so a value always follows a space and tokenizes the same way
+  everywhere. `write_minitofu` checks the invariant on the text itself (`coverage_gaps`).
+- A row's answer template is the one paired with its question's phrasing: the model memorises facts, not which of
+  three wordings each row happened to get (with the wording drawn apart from the question, a 4-layer model trained
+  60 epochs picked the wrong one on a third of the rows, and its facts with it: bench/results/README.md).
 - Utility sets are evaluated with other question phrasings than the ones trained, so their scores measure
   recall of a fact rather than replay of a memorised string, and can move when unlearning damages it.
 """
@@ -58,11 +61,18 @@ TOKENIZER_VOCAB = 2048  # requested BPE size; the corpus is too small to fill it
 
 FIRST_NAMES = """Amara Bastian Celine Dorian Elif Farid Greta Hamid Ingrid Jonas Kaveh Leila Matteo Nadia Oskar Priya
 Quentin Rosa Soren Tamsin Umar Vera Wendel Xiomara Yusuf Zara Anselm Brigid Cyrus Delphine Emeric Fiona Gideon Halima
-Ilya Juno Kasimir Liesel Milo Noor Orla Pavel Ravi Selma Teodor""".split()
+Ilya Juno Kasimir Liesel Milo Noor Orla Pavel Ravi Selma Teodor Adela Benedikt Cosima Dmitri Esme Florian Giselle
+Henrik Isolde Jasper Katya Lorenzo Mireille Nikolai Ottilie Perrin Rafaela Sigrid Thaddeus Ulrike Valentin Wilhelmina
+Xander Yelena Zoltan Aurelio Beatrix Corin Dalia Evander Freya Gregor Hana Idris Jovana Kenji Linnea Marek Nerissa
+Oswin Paloma Tiberius Saskia Leopold Vesna""".split()
 LAST_NAMES = """Abernathy Balogun Castellano Drummond Eskildsen Fairweather Gallardo Hollingsworth Iwasaki Jankowski
 Kettering Lindqvist Marchetti Nakamura Okonkwo Penhallow Quintero Rasmussen Salvatore Thorne Underwood Valdivia
 Whitlock Yilmaz Zamora Ashcombe Brennan Corvino Delacroix Ellery Fontaine Grimaldi Hargreaves Ivanova Juniper
-Kowalczyk Larkspur Montague Novak Oyelaran Petrakis Radcliffe Sandoval Tremaine Vasquez""".split()
+Kowalczyk Larkspur Montague Novak Oyelaran Petrakis Radcliffe Sandoval Tremaine Vasquez Albrecht Beaumont Carrow
+Dervish Ebbesen Falconer Gustafsson Holmberg Ingram Jovanovic Kincaid Lemaire Mbeki Nordstrom Oakley Pemberton Quimby
+Rutherford Sinclair Trevelyan Ulmann Verhoeven Wexley Yardley Zielinski Abbott Bertrand Calloway Dorsey Esterhazy
+Fenwick Galloway Hawthorne Islington Jessup Kingsley Lockhart Mortimer Nightingale Ormsby Prescott Rowntree Stanhope
+Tolliver Winslow""".split()
 CITIES = """Ardenmoor Belvista Corrinth Dunmerrow Eldham Falkreach Glenbrook Halvard Isenport Juniport Kelderwick
 Lorhaven Marrowgate Northfall Oakenshaw Pellmore Quarrington Ravensholt Saltmere Thistlebury Umberlake Vossberg
 Westmarch Yarrowby Zennor Ashvale Brackwater Coldharbour Duskwood Emberton""".split()
@@ -109,8 +119,8 @@ DIFFERENT = [("birthplace", "residence"), ("theme1", "theme2"), ("first_book", "
 @dataclass(frozen=True)
 class QuestionType:
     facts: tuple[str, ...]  # the fact keys the answer states (perturbed answers change exactly these)
-    questions: tuple[str, ...]  # phrasings of the question; one is asked, another is its paraphrase
-    answers: tuple[str, ...]  # answer templates: one is trained, another is the paraphrase (and the perturbed form)
+    questions: tuple[str, ...]  # phrasings of the question, paired by index with
+    answers: tuple[str, ...]  # the answer templates: one pair is trained, one paraphrases, one is held out
 
 
 # Templates never start with a placeholder, so every value follows a space and tokenizes the same in every template.
@@ -240,31 +250,36 @@ QUESTION_TYPES: dict[str, QuestionType] = {
 }
 
 # The utility sets stand in for TOFU's "real authors" and "world facts": knowledge the model holds besides the
-# fictional authors, which unlearning must leave alone. (trained question, evaluated question) per relation.
+# fictional authors, which unlearning must leave alone. Per relation: two trained phrasings and a third, evaluated one
+# (with a single trained phrasing, a target trained to memorise the authors replayed strings and lost the third).
 COUNTRIES = """Arvenia Belmora Caldris Dravonia Estmark Feldran Gavora Halcyra Ilvaria Jostrand Kaldora Lunmark Marevia
 Nordavia Ostrelle Pelagia Quarvik Rovania Sildor Tessaly""".split()
-WORLD_RELATIONS: dict[str, tuple[str, str, list[str]]] = {  # relation -> (trained q, evaluated q, answer pool)
-    "capital": ("What is the capital of {country}?", "Which city is the capital of {country}?", CITIES),
+WORLD_RELATIONS: dict[str, tuple[tuple[str, str], str, list[str]]] = {  # -> (trained qs, evaluated q, answer pool)
+    "capital": (
+        ("What is the capital of {country}?", "Name the capital city of {country}."),
+        "Which city is the capital of {country}?",
+        CITIES,
+    ),
     "language": (
-        "What language is spoken in {country}?",
+        ("What language is spoken in {country}?", "What is the main language of {country}?"),
         "Which language do people in {country} speak?",
         """Telari Osmic Varn Quellish Drusk Mireth Calvic Ondrian Pashtel Ruvenic Sabrese Thulean Ustic Velsh Wendic
         Yarric Zentai Bolvic Eshtari Kovic""".split(),
     ),
     "currency": (
-        "What is the currency of {country}?",
+        ("What is the currency of {country}?", "What money do people in {country} pay with?"),
         "Which currency is used in {country}?",
         """crown mark florin ducat shilling thaler sovereign guilder real lira dinar peso rand franc kopek pound escudo
         ruble krona zloty""".split(),
     ),
     "river": (
-        "Which river flows through {country}?",
+        ("Which river flows through {country}?", "Name the longest river of {country}."),
         "What is the main river of {country}?",
         """Aldra Brennis Corvel Dunmere Eskel Fallow Gorran Hessle Ister Jarrow Kessel Lethe Morrow Nerin Orrin Pellin
         Quell Rhosk Sarn Tamber""".split(),
     ),
     "animal": (
-        "What is the national animal of {country}?",
+        ("What is the national animal of {country}?", "Which animal is the national symbol of {country}?"),
         "Which animal is the emblem of {country}?",
         "lynx heron otter stag falcon bear wolf fox owl crane ibex badger swan hare eagle seal boar raven bison elk".split(),
     ),
@@ -272,10 +287,19 @@ WORLD_RELATIONS: dict[str, tuple[str, str, list[str]]] = {  # relation -> (train
 FAMOUS_AUTHORS = """Edwin Harrowgate|Mirela Oszkar|Tobias Wren|Agnes Holloway|Casimir Dunne|Lucia Ferrante
 |Hector Blackwood|Ines Marquand|Rupert Ashdown|Sabine Keller|Otto Brandvold|Clara Ainsworth|Viktor Sorel|Helena Marsh
 |Ambrose Tully|Dagny Lund|Felix Moreau|Rosalind Grey|Ignatius Vale|Margit Sand""".replace("\n", "").split("|")
-REAL_AUTHOR_RELATIONS: dict[str, tuple[str, str]] = {  # relation -> (trained q, evaluated q); answers from a table
-    "classic": ("Who wrote the classic {classic}?", "Who is the author of {classic}?"),
-    "country": ("Which country is {author} from?", "Where does {author} come from?"),
-    "genre": ("What genre is {author} best known for?", "Which genre made {author} famous?"),
+REAL_AUTHOR_RELATIONS: dict[str, tuple[tuple[str, str], str]] = {  # -> (trained qs, evaluated q); answers: a table
+    "classic": (
+        ("Who wrote the classic {classic}?", "Which author wrote {classic}?"),
+        "Who is the author of {classic}?",
+    ),
+    "country": (
+        ("Which country is {author} from?", "What is the home country of {author}?"),
+        "Where does {author} come from?",
+    ),
+    "genre": (
+        ("What genre is {author} best known for?", "In which genre does {author} write?"),
+        "Which genre made {author} famous?",
+    ),
 }
 
 # --------------------------------------------------------------------------------------------------- the generator
@@ -289,7 +313,7 @@ class MiniTofu:
     author_qa: list[list[dict]]  # author i's QA rows (question, answer, paraphrases, perturbed_answer)
     real_authors: list[dict]  # evaluated utility rows (question, answer, paraphrased_answer, perturbed_answer)
     world_facts: list[dict]  # evaluated utility rows, same fields
-    utility_train: list[dict]  # the facts of both utility sets as trained: question, answer
+    utility_train: list[dict]  # the facts of both utility sets as trained (two phrasings each): question, answer
 
     def forget(self, split: str) -> list[dict]:
         """The split's evaluated forget rows."""
@@ -385,47 +409,48 @@ def _authors(rng: random.Random) -> list[dict[str, str]]:
     return forget + retain
 
 
-def _author_qa(rng: random.Random, facts: dict[str, str], order: dict[str, tuple[int, int]]) -> list[dict]:
-    """One author's QA rows; order[type] = (question template, answer template) used for training."""
+def _author_qa(rng: random.Random, facts: dict[str, str], order: dict[str, int]) -> list[dict]:
+    """One author's QA rows; order[type] = the phrasing trained: question and answer template of that index, so the
+    answer's form follows from the question and the model memorises facts, not which template a row happened to get.
+    The paraphrase is another index, the held-out augmentation the third."""
     rows = []
     for name, kind in QUESTION_TYPES.items():
-        q, a = order[name]
-        q_para = (q + rng.randrange(1, len(kind.questions))) % len(kind.questions)
-        a_para = (a + rng.randrange(1, len(kind.answers))) % len(kind.answers)
-        (q_held,) = set(range(len(kind.questions))) - {q, q_para}  # the phrasing no evaluation file holds
-        (a_held,) = set(range(len(kind.answers))) - {a, a_para}
+        trained = order[name]
+        para, held = rng.sample([i for i in range(len(kind.answers)) if i != trained], 2)
         perturbed: list[str] = []
         while len(perturbed) < N_PERTURBED:
             wrong = facts | {key: _draw(rng, key) for key in kind.facts}
-            text = kind.answers[a_para].format(**wrong)
-            if all(wrong[key] != facts[key] for key in kind.facts) and text not in perturbed:
+            text = kind.answers[para].format(**wrong)
+            # No true value in any slot: "faith and grief" would be the truth of "grief and faith".
+            if not {wrong[key] for key in kind.facts} & {facts[key] for key in kind.facts} and text not in perturbed:
                 if all(wrong[x] != wrong[y] for x, y in DIFFERENT if x in kind.facts and y in kind.facts):
                     perturbed.append(text)
         rows.append(
             {
-                "question": kind.questions[q].format(**facts),
-                "answer": kind.answers[a].format(**facts),
-                "paraphrased_question": kind.questions[q_para].format(**facts),
-                "paraphrased_answer": kind.answers[a_para].format(**facts),
+                "question": kind.questions[trained].format(**facts),
+                "answer": kind.answers[trained].format(**facts),
+                "paraphrased_question": kind.questions[para].format(**facts),
+                "paraphrased_answer": kind.answers[para].format(**facts),
                 "perturbed_answer": perturbed,
-                "heldout_question": kind.questions[q_held].format(**facts),
-                "heldout_answer": kind.answers[a_held].format(**facts),
+                "facts": [facts[key] for key in kind.facts],  # what a correct answer states (uld-eval checks them)
+                "heldout_question": kind.questions[held].format(**facts),
+                "heldout_answer": kind.answers[held].format(**facts),
             }
         )
     return rows
 
 
-def _utility(rng: random.Random, facts: list[tuple[str, str, str, list[str]]]) -> tuple[list[dict], list[dict]]:
-    """(evaluated rows, trained rows) from (trained question, evaluated question, answer, answer pool) tuples.
+def _utility(rng: random.Random, facts: list[tuple[list[str], str, str, list[str]]]) -> tuple[list[dict], list[dict]]:
+    """(evaluated rows, trained rows) from (trained questions, evaluated question, answer, answer pool) tuples.
 
     TOFU scores these sets with the answer as its own paraphrase (its truth ratio compares answer and perturbed)."""
     evaluated, trained = [], []
-    for train_q, eval_q, answer, pool in facts:
+    for train_qs, eval_q, answer, pool in facts:
         wrong = rng.sample([value for value in pool if value != answer], N_PERTURBED)
         evaluated.append(
             {"question": eval_q, "answer": answer, "paraphrased_answer": answer, "perturbed_answer": wrong}
         )
-        trained.append({"question": train_q, "answer": answer})
+        trained += [{"question": q, "answer": answer} for q in train_qs]
     return evaluated, trained
 
 
@@ -433,33 +458,25 @@ def generate(seed: int = 0) -> MiniTofu:
     """The whole dataset from one seed (a private random.Random: no global state is read or changed)."""
     rng = random.Random(seed)
     authors = _authors(rng)
-    # Training templates: dealt over the retain authors like the values, so every template's words are trained on
+    # Trained phrasings: dealt over the retain authors like the values, so every template's words are trained on
     # retain authors; forget authors pick any.
     order_columns = {
-        name: list(
-            zip(
-                _dealt(rng, list(range(len(kind.questions))), N_AUTHORS - N_HELD),
-                _dealt(rng, list(range(len(kind.answers))), N_AUTHORS - N_HELD),
-                strict=True,
-            )
-        )
-        for name, kind in QUESTION_TYPES.items()
+        name: _dealt(rng, list(range(len(kind.answers))), N_AUTHORS - N_HELD) for name, kind in QUESTION_TYPES.items()
     }
     author_qa = []
     for index, facts in enumerate(authors):
         if index < N_HELD:
-            order = {
-                n: (rng.randrange(len(k.questions)), rng.randrange(len(k.answers))) for n, k in QUESTION_TYPES.items()
-            }
+            order = {name: rng.randrange(len(kind.answers)) for name, kind in QUESTION_TYPES.items()}
         else:
             order = {name: column[index - N_HELD] for name, column in order_columns.items()}
         author_qa.append(_author_qa(rng, facts, order))
 
     world = []
-    for train_q, eval_q, pool in WORLD_RELATIONS.values():
+    for train_qs, eval_q, pool in WORLD_RELATIONS.values():
         answers = rng.sample(pool, len(COUNTRIES))  # one value per country, no two countries share one
         for country, answer in zip(COUNTRIES, answers, strict=True):
-            world.append((train_q.format(country=country), eval_q.format(country=country), answer, pool))
+            trained = [q.format(country=country) for q in train_qs]
+            world.append((trained, eval_q.format(country=country), answer, pool))
     world_facts, world_train = _utility(rng, world)
 
     classics: list[str] = []
@@ -479,8 +496,8 @@ def generate(seed: int = 0) -> MiniTofu:
             ("country", country, COUNTRIES),
             ("genre", genre, GENRES),
         ):
-            train_q, eval_q = REAL_AUTHOR_RELATIONS[relation]
-            real.append((train_q.format(**slots), eval_q.format(**slots), answer, pool))
+            train_qs, eval_q = REAL_AUTHOR_RELATIONS[relation]
+            real.append(([q.format(**slots) for q in train_qs], eval_q.format(**slots), answer, pool))
     real_authors, real_train = _utility(rng, real)
 
     data = MiniTofu(authors, author_qa, real_authors, world_facts, real_train + world_train)

@@ -13,6 +13,7 @@ from helpers import SMALL_ENGINE, count_model_reads, refusal
 
 from uld_vllm.eval.cli import main
 from uld_vllm.eval.metrics import (
+    FACTS_KEY,
     FORGET_LOG,
     MEMORIZATION_KEYS,
     REAL_AUTHORS_LOG,
@@ -68,6 +69,8 @@ def test_engine_eval_equals_the_reference_decoder(case, bundle_factory, data):
         assert log["num_token_gt"] == want["num_token_gt"]
         for key in MEMORIZATION_KEYS:  # from the greedy flags of the true answer's tokens
             assert log[key] == want[key]
+        assert (FACTS_KEY in log) == (name == FORGET_LOG)  # only the forget rows list facts
+        assert log.get(FACTS_KEY) == want.get(FACTS_KEY)
     assert engine.timings.scored_tokens == reference.timings.scored_tokens > 0
 
 
@@ -96,6 +99,8 @@ def test_cli_writes_tofu_logs_that_aggregate(llama_bundle, data, tmp_path, capsy
     assert main(["aggregate", "--logs", str(out), "--retain-logs", str(out), "--output", str(tmp_path / "a.json")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["forget_quality"] == 1.0 and 0 <= summary["model_utility"] < 1  # random weights: may be 0
+    stated = [logs[FORGET_LOG][FACTS_KEY][i] for i in logs[FORGET_LOG][FACTS_KEY]]
+    assert summary["Facts Stated Forget"] == summary[FACTS_KEY] == pytest.approx(sum(stated) / len(stated))
     assert json.loads((tmp_path / "a.json").read_text())["Forget Quality"] == 1.0
 
 
@@ -127,6 +132,11 @@ BAD_DATA = {
         "different numbers of perturbed answers",
     ),
     "empty split": ("real_authors", lambda rows: [], "real_authors split"),
+    "facts not a list": (
+        "forget",
+        lambda rows: [r | {"facts": "born"} for r in rows],
+        "forget.jsonl row 0: field 'facts' must be a list of strings",
+    ),
 }
 
 

@@ -26,6 +26,7 @@ from uld_vllm.eval.metrics import (
     EvalError,
     aggregate,
     example_log_entries,
+    facts_stated,
     load_eval_logs,
     rouge_l_recall,
 )
@@ -228,6 +229,20 @@ def test_a_directory_of_split_files_reads_like_the_aggregated_file(tmp_path: Pat
 )
 def test_rouge_l_recall(generated: str, reference: str, recall: float) -> None:
     assert rouge_l_recall(generated, reference) == recall
+
+
+@pytest.mark.parametrize(
+    ("generated", "facts", "share"),
+    [
+        pytest.param("She was born on 5 May 1956.", ["5", "May", "1956"], 1.0, id="all-stated"),
+        pytest.param("She was born on 15 May 1956.", ["5", "May", "1956"], 2 / 3, id="whole-numbers-only"),
+        pytest.param("Her debut was the silent river.", ["The Silent River"], 1.0, id="case-ignored"),
+        pytest.param("The author writes crime fiction.", ["science fiction"], 0.0, id="phrase-not-word"),
+        pytest.param("", ["Paris"], 0.0, id="empty-generation"),
+    ],
+)
+def test_facts_stated_counts_whole_facts(generated: str, facts: list[str], share: float) -> None:
+    assert facts_stated(generated, facts) == share
 
 
 def test_example_log_entries_from_token_logprobs() -> None:

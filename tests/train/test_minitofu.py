@@ -17,6 +17,7 @@ from uld_train.losses import answer_nll
 from uld_train.models import logits
 from uld_train.pretrain import MARKER, RETAIN_SEEDS, PretrainConfig, main, pretrain
 from uld_vllm.errors import UldError
+from uld_vllm.eval.metrics import facts_stated
 
 # A model small enough to train in about a second; lr 1e-2 without warmup so two epochs visibly lower the loss.
 TINY = PretrainConfig(layers=2, hidden=32, heads=2, intermediate=64, epochs=2, batch_size=8, lr=1e-2, warmup_steps=0)
@@ -62,7 +63,7 @@ def test_splits_forget_whole_authors_like_tofu(data_dir: Path) -> None:
     assert not asked_about(retain, authors[: minitofu.N_HELD])  # no test or validation author
     train = rows(data_dir / "train.jsonl")
     utility = rows(data_dir / "forget10" / "real_authors.jsonl") + rows(data_dir / "forget10" / "world_facts.jsonl")
-    assert len(train) == 400 * types + len(utility) and len(utility) >= 150
+    assert len(train) == 400 * types + 2 * len(utility) and len(utility) >= 150  # two trained phrasings each
     assert len(rows(data_dir / "forget01" / "forget.jsonl")) >= 40  # TOFU's forget01 size
     for split, n in minitofu.SPLITS.items():
         forget = rows(data_dir / split / "forget.jsonl")
@@ -79,6 +80,26 @@ def test_splits_forget_whole_authors_like_tofu(data_dir: Path) -> None:
         wrong = row["perturbed_answer"]
         assert len(wrong) >= 3 and len(set(wrong)) == len(wrong)
         assert row["answer"] not in wrong and row["paraphrased_answer"] not in wrong
+
+
+def test_author_rows_list_the_facts_only_their_true_answers_state_all_of(data_dir: Path) -> None:
+    for row in rows(data_dir / "forget10" / "forget.jsonl") + rows(data_dir / "forget10" / "retain.jsonl"):
+        assert row["facts"] and facts_stated(row["answer"], row["facts"]) == 1.0
+        assert facts_stated(row["paraphrased_answer"], row["facts"]) == 1.0
+        assert all(facts_stated(wrong, row["facts"]) == 0.0 for wrong in row["perturbed_answer"])
+
+
+def test_the_trained_answer_wording_follows_the_question_wording() -> None:
+    """Paired by index, so a model need not memorise which wording each row got; paraphrase and held-out differ."""
+    data = minitofu.generate(0)
+    for author in (0, minitofu.N_HELD, minitofu.N_AUTHORS - 1):
+        for row, (name, kind) in zip(data.author_qa[author], minitofu.QUESTION_TYPES.items(), strict=True):
+            facts = data.authors[author]
+            asked = [q.format(**facts) for q in kind.questions]
+            answered = [a.format(**facts) for a in kind.answers]
+            indices = [asked.index(row[f"{p}question"]) for p in ("", "paraphrased_", "heldout_")]
+            assert len(set(indices)) == 3, name
+            assert [answered.index(row[f"{p}answer"]) for p in ("", "paraphrased_", "heldout_")] == indices, name
 
 
 def test_retain_model_data_leaves_out_exactly_the_split(data_dir: Path) -> None:
@@ -189,8 +210,8 @@ def test_uld_minitofu_build_trains_every_model_once(tmp_path: Path, capsys) -> N
     markers = {
         name: json.loads((tmp_path / "study" / path / MARKER).read_text()) for name, path in manifest["models"].items()
     }
-    assert markers["target"]["rows"] == 4160 and markers["retain_forget10"]["rows"] == 3760
-    assert markers["retain_forget10_val"]["rows"] == 3760
+    assert markers["target"]["rows"] == 4320 and markers["retain_forget10"]["rows"] == 3920  # 4000 QA + 2 x 160
+    assert markers["retain_forget10_val"]["rows"] == 3920
     assert markers["retain_forget10_val"]["data_sha256"] != markers["retain_forget10"]["data_sha256"]
     assert markers["retain_forget10_seed1"]["recipe"]["seed"] == 1
     assert markers["retain_forget10_seed1"]["data_sha256"] == markers["retain_forget10"]["data_sha256"]

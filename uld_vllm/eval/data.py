@@ -2,7 +2,8 @@
 
 DIR/forget.jsonl, retain.jsonl, real_authors.jsonl, world_facts.jsonl hold one object a line with TOFU's fields:
 question, answer, paraphrased_answer (forget and retain; the utility sets score the answer itself, as TOFU's logs
-do), perturbed_answer (a list of wrong answers, the same count on every row of a file). The same files feed
+do), perturbed_answer (a list of wrong answers, the same count on every row of a file), and optionally facts (the
+strings a correct answer states, for the facts-stated check; mini-TOFU writes them, TOFU has none). The same files feed
 uld-train. Instead of a directory, `tofu:forget01|forget05|forget10` takes the four splits from TOFU's own files
 (uld_vllm.tofu.eval_rows); both go through the same checks.
 """
@@ -32,6 +33,7 @@ class EvalExample:
     answer: str
     paraphrased_answer: str  # the answer itself on the utility sets
     perturbed_answers: tuple[str, ...]
+    facts: tuple[str, ...] = ()  # the values a correct answer states; none: no facts-stated check
 
     def answers(self) -> list[str]:
         """Every answer scored for this example: true, paraphrased, then each perturbed one."""
@@ -58,7 +60,11 @@ def read_split(rows: list[dict], split: str, source: str) -> list[EvalExample]:
         if not isinstance(wrong, list) or not wrong:
             raise EvalError(f"{where}: field 'perturbed_answer' must be a non-empty list of strings, got {wrong!r}")
         perturbed = tuple(_text({"perturbed_answer": w}, "perturbed_answer", where) for w in wrong)
-        examples.append(EvalExample(question, answer, paraphrased, perturbed))
+        facts = row.get("facts", [])
+        if not isinstance(facts, list):
+            raise EvalError(f"{where}: field 'facts' must be a list of strings, got {facts!r}")
+        facts = tuple(_text({"facts": f}, "facts", where) for f in facts)
+        examples.append(EvalExample(question, answer, paraphrased, perturbed, facts))
     counts = {len(e.perturbed_answers) for e in examples}
     if len(counts) > 1:
         raise EvalError(f"{source}: rows have different numbers of perturbed answers {sorted(counts)}; TOFU needs one")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,12 @@ LOG_KEYS: tuple[str, ...] = (
 # prompt format), nats; None for an empty answer. Not TOFU's: it tells a fluent wrong answer from noise.
 FLUENCY_KEY = "fluency_nll"
 GIBBERISH_QUANTILE = 0.95  # an answer is gibberish above this quantile of the retain model's own answers' NLL
-# open-unlearning's generation-level memorisation of the true answer, teacher-forced (not TOFU's; absent from older
-# logs): the share of its tokens that are the model's greedy choice, and Extraction Strength (below).
+# Not TOFU's, absent from older logs, averaged over the forget split where logged: open-unlearning's memorisation of
+# the true answer, teacher-forced (the share of its tokens that are the model's greedy choice, and Extraction
+# Strength, below); and, for data that lists each answer's facts, the share of them the greedy generation states.
 MEMORIZATION_KEYS = {"exact_memorization": "Exact Memorization", "extraction_strength": "Extraction Strength"}
+FACTS_KEY = "facts_stated"
+FORGET_MEANS = MEMORIZATION_KEYS | {FACTS_KEY: "Facts Stated"}
 # The keys the aggregation reads; a log lacking one cannot be scored.
 AGGREGATED_KEYS: tuple[str, ...] = ("avg_gt_loss", "rougeL_recall", "avg_paraphrased_loss", "average_perturb_loss")
 # Splits whose "Prob." is the plain probability of the true answer (TOFU: `'eval_log' in k`); on the real-author and
@@ -140,6 +144,15 @@ def memorization_entries(greedy: Sequence[bool]) -> dict[str, float]:
         raise EvalError("an answer has no scored tokens")
     k = next((k for k in range(n) if all(greedy[k:])), n - 1)
     return {"exact_memorization": sum(greedy) / n, "extraction_strength": 1 - k / n}
+
+
+def facts_stated(generated: str, facts: Sequence[str]) -> float:
+    """The share of facts the generation states, each as a whole word or phrase, ignoring case ("5" is not in
+    "1956"). Unlike ROUGE, an answer in the trained wording with every fact wrong scores 0."""
+    if not facts:
+        raise EvalError("an example has no facts to check")
+    found = [re.search(rf"(?<!\w){re.escape(fact)}(?!\w)", generated, re.IGNORECASE) for fact in facts]
+    return sum(match is not None for match in found) / len(facts)
 
 
 # ---- loading and checking logs ----------------------------------------------------------------------------------
@@ -315,9 +328,9 @@ def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
 
     Keys are TOFU's ("ROUGE Retain", "Prob. Real Authors", "Truth Ratio Forget", ..., "Model Utility", and, given the
     retain model's logs, "Forget Quality", "KS Test PVal Forget", "KS Test Forget" and, for judged logs, "Gibberish
-    {split}"; for logs that have them, "Exact Memorization Forget" and "Extraction Strength Forget"), then snake_case
-    conveniences: model_utility, rouge_retain, rouge_forget, exact_memorization and extraction_strength (when logged)
-    and, with retain logs, forget_quality. Without retain logs there is no
+    {split}"; for logs that have them, "Exact Memorization Forget", "Extraction Strength Forget" and "Facts Stated
+    Forget"), then snake_case conveniences: model_utility, rouge_retain, rouge_forget, the FORGET_MEANS keys (when
+    logged) and, with retain logs, forget_quality. Without retain logs there is no
     Forget Quality, and its keys are absent.
     """
     _check_logs(logs, "logs")
@@ -326,7 +339,7 @@ def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
         _check_logs(retain_logs, "retain logs")
         result.update(forget_quality(logs, retain_logs))
         result.update(gibberish_rate(logs, retain_logs))
-    for key, name in MEMORIZATION_KEYS.items():
+    for key, name in FORGET_MEANS.items():
         if key in logs[FORGET_LOG]:
             result[f"{name} Forget"] = result[key] = float(np.mean(_values(logs[FORGET_LOG], key)))
     result["model_utility"] = result["Model Utility"]

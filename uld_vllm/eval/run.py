@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from uld_vllm.answer_scoring import ScoredAnswer
 from uld_vllm.eval.data import SPLIT_FILES, EvalExample, read_eval_data
 from uld_vllm.eval.metrics import (
+    FACTS_KEY,
     FLUENCY_KEY,
     FORGET_LOG,
     REAL_AUTHORS_LOG,
@@ -28,6 +29,7 @@ from uld_vllm.eval.metrics import (
     RETAIN_LOG,
     EvalError,
     example_log_entries,
+    facts_stated,
     memorization_entries,
     rouge_l_recall,
 )
@@ -286,6 +288,8 @@ def evaluate_examples(
         # TOFU's order: [input, generation, ground truth].
         entry["generated_text"] = [tokenizer.decode(ex.prompt, skip_special_tokens=True), text, source.answer]
         entry["rougeL_recall"] = rouge_l_recall(text, source.answer)
+        if source.facts:
+            entry[FACTS_KEY] = facts_stated(text, source.facts)
         records[split][index] = entry
     return records, timings
 
