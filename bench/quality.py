@@ -86,8 +86,9 @@ def fmt_lr(lr: float) -> str:
 class Study:
     """Where everything lives, and the cached steps: each returns what is on disk when it is already there."""
 
-    def __init__(self, study: Path, work: Path, dtype: str, progress: bool) -> None:
+    def __init__(self, study: Path, work: Path, dtype: str, progress: bool, jobs: int = 1) -> None:
         self.study, self.work, self.dtype, self.progress = study, work, dtype, progress
+        self.jobs = jobs  # models pretrained side by side
 
     def data(self, split: str) -> Path:
         return self.study / "data" / split
@@ -195,7 +196,7 @@ def phase_build(study: Study) -> dict:
     """uld-minitofu build: the study's recipe as its manifest records it (the default recipe for a new study)."""
     manifest = study.study / "minitofu.json"
     recipe = PretrainConfig(**json.loads(manifest.read_text())["recipe"]) if manifest.exists() else None
-    return build(study.study, recipe, progress=study.progress)
+    return build(study.study, recipe, progress=study.progress, jobs=study.jobs)
 
 
 def grid_points(study: Study, split: str, method: str) -> list[dict]:
@@ -473,12 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="out/quality", help="trained models and eval logs (cached)")
     parser.add_argument("--until", choices=PHASES, default=PHASES[-1], help="last phase to run (default: all)")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: $ULD_DTYPE, else by CPU flags")
+    parser.add_argument("--jobs", type=int, default=2, help="models pretrained side by side (default 2, a core each)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     args = parser.parse_args(argv)
     quiet_vllm(args.verbose)
     dtype = resolve_dtype(args.dtype)
-    study = Study(Path(args.study), Path(args.work), dtype, not args.no_progress)
+    study = Study(Path(args.study), Path(args.work), dtype, not args.no_progress, args.jobs)
     result = {"commit": commit(), "protocol": PROTOCOL} | run(study, args.until)
     result["machine"] = machine_info(dtype)
     result["command"] = " ".join(["python bench/quality.py", *(argv if argv is not None else sys.argv[1:])])

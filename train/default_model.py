@@ -23,12 +23,10 @@ from uld_vllm.batch.config import MINI_BUNDLE, MINI_PROMPTS
 from uld_vllm.staging import staged_dir
 
 DEFAULT_SPLIT = "forget10"
-# ULD on mini-TOFU (also bench/quality.py's ULD row): the paper's LoRA (r 16, alpha 32) and beta 5, its evaluation
-# weight -0.8 and the filter r = 0.1 that actually ran in its TOFU numbers (ULD_REFERENCE.md section 3). Measured on
-# forget10: K = 1 (L/4, the paper's ratio) at lr 1e-3 for 10 epochs left the assistant at forget NLL 0.8 and ULD
-# changed almost no greedy answer (ROUGE-L forget 0.96); K = 2 at lr 2e-3 for 20 epochs reached forget NLL 0.08 and
-# ROUGE-L forget 0.82 with Model Utility within 0.006 of the target's. A 256-wide layer is far less than one of
-# Llama-2-7B's 4096-wide ones: the assistant needs half the target's depth here to memorise the forget set.
+# ULD on mini-TOFU: the paper's LoRA (r 16, alpha 32) and beta 5, its evaluation weight -0.8 and the filter r = 0.1
+# that actually ran in its TOFU numbers (ULD_REFERENCE.md section 3). K = 2, half the target's depth: a 256-wide layer
+# is far less than one of Llama-2-7B's 4096-wide ones, and K = 1 did not memorise the forget set. What this bundle
+# forgets, and how (it degenerates): bench/results/README.md, "The embedded mini-TOFU bundle".
 ULD_RECIPE = {
     "method": "uld",
     "layers": 2,

@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -168,16 +169,47 @@ def study_models(seed: int) -> dict[str, tuple[str, int]]:
     return models
 
 
+def _pretrain_alone(threads: int, *args) -> PretrainResult:
+    """pretrain in a worker process that leaves the other cores to the runs beside it."""
+    torch.set_num_threads(threads)
+    return pretrain(*args, progress=False)
+
+
+def _pretrained(runs: dict[str, tuple], jobs: int, progress: bool) -> Iterator[tuple[str, PretrainResult]]:
+    """(name, result) of each run of pretrain's arguments, as they finish: one after another, or `jobs` side by side
+    in worker processes with a share of the cores each (tiny models use two threads poorly: two one-thread runs
+    train faster together than one two-thread run; bench/results/README.md)."""
+    if jobs == 1:
+        for name, args in runs.items():
+            yield name, pretrain(*args, progress=progress)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_pretrain_alone, threads, *args): name for name, args in runs.items()}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
 def build(
-    directory: str | Path, config: PretrainConfig | None = None, progress: bool = True, only: list[str] | None = None
+    directory: str | Path,
+    config: PretrainConfig | None = None,
+    progress: bool = True,
+    only: list[str] | None = None,
+    jobs: int = 1,
 ) -> dict:
-    """Data (seed = config.seed), tokenizer and the study's models (`only` these names, default all) under directory;
-    returns the manifest, also written to directory/minitofu.json. Finished models are reused."""
+    """Data (seed = config.seed), tokenizer and the study's models (`only` these names, default all; `jobs` of them
+    side by side) under directory; returns the manifest, also written to directory/minitofu.json. Finished models are
+    reused."""
     config = config or PretrainConfig()
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise TrainError(f"--dir {directory} exists and is not a directory")
     check_recipe(config)
+    if jobs < 1:
+        raise TrainError(f"--jobs must be >= 1, got {jobs}")
     data_dir, tokenizer_dir = directory / "data", directory / "tokenizer"
     data = minitofu.write_minitofu(data_dir, seed=config.seed)
     minitofu.train_tokenizer(tokenizer_dir, data)
@@ -186,15 +218,16 @@ def build(
     unknown = sorted(set(only or []) - wanted.keys())
     if unknown:
         raise TrainError(f"unknown model(s) {', '.join(unknown)} (the study has {', '.join(wanted)})")
-    for name, (file, seed) in wanted.items():
-        if only and name not in only:
-            continue
-        result = pretrain(
-            data_dir / file, tokenizer_dir, directory / "models" / name, replace(config, seed=seed), progress
-        )
+    runs = {
+        name: (data_dir / file, tokenizer_dir, directory / "models" / name, replace(config, seed=seed))
+        for name, (file, seed) in wanted.items()
+        if not only or name in only
+    }
+    for name, result in _pretrained(runs, jobs, progress):
         state = f"trained in {result.seconds:.0f} s" if result.trained else "already built"
         print(f"uld-minitofu: {name}: {state}, final answer loss {result.epoch_losses[-1]:.4f}", file=sys.stderr)
         models[name] = str(result.output.relative_to(directory))
+    models = {name: models[name] for name in runs}  # the study's order, whichever finished first
     manifest = {
         "seed": config.seed,
         "recipe": asdict(config),
@@ -239,6 +272,7 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.warmup_steps,
         help=f"warmup steps (default {defaults.warmup_steps})",
     )
+    b.add_argument("--jobs", type=int, default=1, help="models trained side by side, sharing the cores (default 1)")
     b.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
     b.add_argument("--models", nargs="+", default=None, help="build only these models (default: all of the study)")
     d = commands.add_parser(
@@ -262,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 1e6
         print(f"uld-minitofu: default bundle written to {bundle} ({size:.1f} MB)")
         return 0
-    only = args.pop("models")
-    manifest = build(directory, PretrainConfig(**args), progress, only)
+    only, jobs = args.pop("models"), args.pop("jobs")
+    manifest = build(directory, PretrainConfig(**args), progress, only, jobs)
     print(f"uld-minitofu: study ready in {directory} ({len(manifest['models'])} models; see minitofu.json)")
     return 0
 

@@ -197,7 +197,8 @@ def test_pretrain_lowers_the_answer_loss_and_saves_a_loadable_checkpoint(
 def test_uld_minitofu_build_trains_every_model_once(tmp_path: Path, capsys) -> None:
     args = ["build", "--dir", str(tmp_path / "study"), "--epochs", "1", "--layers", "1", "--hidden", "16"]
     args += ["--heads", "2", "--intermediate", "32", "--batch-size", "128", "--no-progress"]
-    assert main(args) == 0
+    assert main([*args, "--jobs", "2"]) == 0  # side by side in worker processes
+    assert capsys.readouterr().err.count("trained in") == 1 + 3 + RETAIN_SEEDS
     manifest = json.loads((tmp_path / "study" / "minitofu.json").read_text())
     assert list(manifest["models"]) == [
         "target",
@@ -219,8 +220,7 @@ def test_uld_minitofu_build_trains_every_model_once(tmp_path: Path, capsys) -> N
         name: (tmp_path / "study" / path / "model.safetensors").stat().st_mtime_ns
         for name, path in manifest["models"].items()
     }
-    capsys.readouterr()
-    assert main(args) == 0
+    assert main(args) == 0  # one after another, in this process: every model found
     assert capsys.readouterr().err.count("already built") == len(manifest["models"])
     assert weights == {
         name: (tmp_path / "study" / path / "model.safetensors").stat().st_mtime_ns
@@ -230,7 +230,11 @@ def test_uld_minitofu_build_trains_every_model_once(tmp_path: Path, capsys) -> N
 
 @pytest.mark.parametrize(
     "extra, message",
-    [(["--hidden", "30", "--heads", "4"], "multiple of --heads"), (["--epochs", "0"], "--epochs must be >= 1")],
+    [
+        (["--hidden", "30", "--heads", "4"], "multiple of --heads"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+    ],
 )
 def test_uld_minitofu_rejects_a_bad_recipe_in_one_line(tmp_path: Path, capsys, extra: list[str], message: str) -> None:
     assert main(["build", "--dir", str(tmp_path / "study"), *extra]) == 2
