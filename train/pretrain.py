@@ -189,8 +189,12 @@ def _pretrained(runs: dict[str, tuple], jobs: int, progress: bool) -> Iterator[t
     threads = max(1, torch.get_num_threads() // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_pretrain_alone, threads, *args): name for name, args in runs.items()}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:  # a failed run stops the queue: the runs not yet started never start
+            for future in futures:
+                future.cancel()
 
 
 def build(
