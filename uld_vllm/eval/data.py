@@ -47,6 +47,15 @@ def _text(row: dict, field: str, where: str) -> str:
     return value
 
 
+def _texts(row: dict, field: str, where: str, optional: bool = False) -> tuple[str, ...]:
+    """A list-of-strings field: required and non-empty, or (optional) absent or any length."""
+    values = row.get(field, [] if optional else None)
+    if not isinstance(values, list) or not (values or optional):
+        kind = "list" if optional else "non-empty list"
+        raise EvalError(f"{where}: field {field!r} must be a {kind} of strings, got {values!r}")
+    return tuple(_text({field: value}, field, where) for value in values)
+
+
 def read_split(rows: list[dict], split: str, source: str) -> list[EvalExample]:
     """One split's rows as examples; source names the rows in messages (a file path, or a tofu: spec and split)."""
     if not rows:
@@ -56,14 +65,8 @@ def read_split(rows: list[dict], split: str, source: str) -> list[EvalExample]:
         where = f"{source} row {number}"
         question, answer = _text(row, "question", where), _text(row, "answer", where)
         paraphrased = _text(row, "paraphrased_answer", where) if split in NEEDS_PARAPHRASE else answer
-        wrong = row.get("perturbed_answer")
-        if not isinstance(wrong, list) or not wrong:
-            raise EvalError(f"{where}: field 'perturbed_answer' must be a non-empty list of strings, got {wrong!r}")
-        perturbed = tuple(_text({"perturbed_answer": w}, "perturbed_answer", where) for w in wrong)
-        facts = row.get("facts", [])
-        if not isinstance(facts, list):
-            raise EvalError(f"{where}: field 'facts' must be a list of strings, got {facts!r}")
-        facts = tuple(_text({"facts": f}, "facts", where) for f in facts)
+        perturbed = _texts(row, "perturbed_answer", where)
+        facts = _texts(row, "facts", where, optional=True)
         examples.append(EvalExample(question, answer, paraphrased, perturbed, facts))
     counts = {len(e.perturbed_answers) for e in examples}
     if len(counts) > 1:
