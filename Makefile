@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo tofu default-model quality bench bench-kernel
+.PHONY: setup test lint demo tofu default-model quality quality-tofu bench bench-kernel
 
 setup:
 	@bash scripts/setup.sh
@@ -32,6 +32,11 @@ default-model: setup
 # The paper's table on mini-TOFU (trains the study's models, ULD and 5 baselines; cached under out/): bench/results/.
 quality: setup
 	$(PY) bench/quality.py
+
+# The same protocol on TOFU's own text with SmolLM2 (reuses the committed target and retain models; fine-tunes five
+# more retain models, then the grid; cached under out/): bench/results/quality-tofu.*.
+quality-tofu: setup
+	$(PY) bench/quality.py --dataset tofu
 
 # ULD (shared weights, filter 0 and 0.01, sparse vs dense head, merged fallback) vs plain vLLM vs the HF reference,
 # decode and scoring, with the limits of the work done (2 cores: 40 minutes to 1.5 hours, by CPU and dtype; --resume

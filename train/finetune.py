@@ -45,9 +45,18 @@ class FinetuneConfig:
     autocast: str = "float32"  # compute dtype of the forward (bfloat16 where the CPU has bf16 matmuls)
 
 
-def finished(adapter: Path, record: dict) -> dict | None:
-    """The adapter's marker if it names the same recipe, data and base."""
-    return stamps.matching(adapter / MARKER, record, subset=True)
+def record(base: Path, data: Path, config: FinetuneConfig) -> dict:
+    """What decides an adapter: the recipe and the hashes of the data and the base."""
+    return {
+        "recipe": asdict(config),
+        "data_sha256": file_hash(data),
+        "base_sha256": file_hash(base / "model.safetensors"),
+    }
+
+
+def finished(adapter: Path, made_by: dict) -> dict | None:
+    """The adapter's marker if it names the same recipe, data and base (`made_by`: record's)."""
+    return stamps.matching(adapter / MARKER, made_by, subset=True)
 
 
 def finetune(base: Path, data: Path, adapter: Path, config: FinetuneConfig, progress: bool = True) -> dict:
@@ -55,12 +64,8 @@ def finetune(base: Path, data: Path, adapter: Path, config: FinetuneConfig, prog
     rows = read_rows(data, "fine-tuning data")
     if not rows:
         raise TrainError(f"fine-tuning data {data} has no rows")
-    record = {
-        "recipe": asdict(config),
-        "data_sha256": file_hash(data),
-        "base_sha256": file_hash(base / "model.safetensors"),
-    }
-    found = finished(adapter, record)
+    made_by = record(base, data, config)
+    found = finished(adapter, made_by)
     if found is not None:
         return found
     from uld_train.data import QA
@@ -80,6 +85,6 @@ def finetune(base: Path, data: Path, adapter: Path, config: FinetuneConfig, prog
         (staging / "README.md").unlink(missing_ok=True)  # peft's model-card template: nothing the study needs
         weights = load_file(staging / ADAPTER_FILE)
         save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, staging / ADAPTER_FILE)
-        marker = record | {"epoch_losses": losses, "seconds": seconds, "rows": len(examples), "tokens": tokens}
+        marker = made_by | {"epoch_losses": losses, "seconds": seconds, "rows": len(examples), "tokens": tokens}
         stamps.write(staging / MARKER, marker)
     return marker

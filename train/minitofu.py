@@ -34,7 +34,6 @@ Design rules (VERIFIED_FACTS.md, "A miniature TOFU"):
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Iterable
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from uld_vllm.bpe_tokenizer import train_bpe_tokenizer
+from uld_vllm.rows import write_jsonl
 
 # ------------------------------------------------------------------------------------------------------ data tables
 
@@ -548,26 +548,21 @@ def coverage_gaps(forget_rows: list[dict], retain_rows: list[dict]) -> set[str]:
 # ------------------------------------------------------------------------------------------------------ the files
 
 
-def _jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
-
-
 def write_minitofu(root: str | Path, seed: int = 0) -> MiniTofu:
     """Write the dataset's files under root (layout in the module docstring); byte-identical for a seed."""
     root = Path(root)
     data = generate(seed)
-    _jsonl(root / "train.jsonl", data.train())
-    _jsonl(root / "authors.jsonl", [{"author": i} | facts for i, facts in enumerate(data.authors)])
+    write_jsonl(root / "train.jsonl", data.train())
+    write_jsonl(root / "authors.jsonl", [{"author": i} | facts for i, facts in enumerate(data.authors)])
     retain = data.retain()
     for split in SPLITS:
-        _jsonl(root / split / "forget.jsonl", data.forget(split))
-        _jsonl(root / split / "retain.jsonl", retain[-RETAIN_SET_AUTHORS * len(QUESTION_TYPES) :])
-        _jsonl(root / split / "real_authors.jsonl", data.real_authors)
-        _jsonl(root / split / "world_facts.jsonl", data.world_facts)
-        _jsonl(root / split / "unlearn_forget.jsonl", data.unlearn_forget(split))
-        _jsonl(root / split / "unlearn_retain.jsonl", retain[: UNLEARN_RETAIN_AUTHORS * len(QUESTION_TYPES)])
-        _jsonl(root / split / "retain_train.jsonl", data.train(exclude=split_authors(split)))
+        write_jsonl(root / split / "forget.jsonl", data.forget(split))
+        write_jsonl(root / split / "retain.jsonl", retain[-RETAIN_SET_AUTHORS * len(QUESTION_TYPES) :])
+        write_jsonl(root / split / "real_authors.jsonl", data.real_authors)
+        write_jsonl(root / split / "world_facts.jsonl", data.world_facts)
+        write_jsonl(root / split / "unlearn_forget.jsonl", data.unlearn_forget(split))
+        write_jsonl(root / split / "unlearn_retain.jsonl", retain[: UNLEARN_RETAIN_AUTHORS * len(QUESTION_TYPES)])
+        write_jsonl(root / split / "retain_train.jsonl", data.train(exclude=split_authors(split)))
     return data
 
 

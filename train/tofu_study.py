@@ -30,6 +30,7 @@ from uld_vllm.engine import in_process_engine_core
 from uld_vllm.errors import command
 from uld_vllm.fetch import fetch
 from uld_vllm.machine import cpu_dtype, cpu_flags, machine_info
+from uld_vllm.rows import write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -43,14 +44,8 @@ EVAL_NEW_TOKENS = 128  # greedy answer length for ROUGE: TOFU's longest answers 
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    """question/answer JSON lines (the fine-tuning data's cache key is this file's hash: one fixed serialisation)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(
-        json.dumps({"question": r["question"], "answer": r["answer"]}, ensure_ascii=False) + "\n" for r in rows
-    )
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
-    return path
+    """question/answer JSON lines (the fine-tuning data's cache key is this file's hash)."""
+    return write_jsonl(path, [{"question": r["question"], "answer": r["answer"]} for r in rows])
 
 
 def to_float16(adapter_dir: Path, output: Path) -> None:

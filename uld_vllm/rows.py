@@ -37,3 +37,12 @@ def read_file(path: Path, what: str) -> list[dict]:
             rows.append(row)
         return rows
     raise DataError(f"{what} {path} has unknown extension {path.suffix!r} (use .parquet, .json or .jsonl)")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Rows as JSON lines in one fixed serialisation (a file's hash is a cache key), rewritten only when it changes."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_bytes() != text:
+        path.write_bytes(text)
+    return path
