@@ -7,6 +7,10 @@ variant: ROUGE-L recall on both splits, Forget Quality against the forget05 reta
 its forget and retain answers against the retain model's own answers (the share above their 95th percentile of judge
 NLL). Finished evaluations (a run.json in their output) are reused: delete out/fluency to redo them.
 
+Assistant variants (ASSISTANTS) train a new assistant on the study's data with one recipe change; each of its
+snapshots is a variant decoded with the paper's settings, so a row shows how fluency moves as the assistant learns to
+remember the forget set (its forget NLL, teacher-forced, from the training log).
+
     python bench/fluency_variants.py        # writes bench/results/fluency-smollm2.{json,md}
 """
 
@@ -16,6 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +38,12 @@ VARIANTS: dict[str, dict] = {
     "weight-0.4": {"weight": -0.4},
 }
 
+# name -> changes to the study's assistant recipe (uld_train.tofu_study.ULD_RECIPE); a snapshot every SNAPSHOT_EVERY
+# epochs. The study's assistant ended 20 epochs at a forget NLL of 5.2 nats (the target's: 0.05): it never
+# remembered the forget set, which is what ULD's assistant is for.
+ASSISTANTS: dict[str, dict] = {"epochs-40": {"epochs": 40}}
+SNAPSHOT_EVERY = 10
+
 
 def variant_bundle(base: Path, directory: Path, changes: dict) -> Path:
     """The base bundle with `changes` in its uld section: its files linked, its config.json rewritten."""
@@ -45,6 +56,42 @@ def variant_bundle(base: Path, directory: Path, changes: dict) -> Path:
     config["uld"] = config["uld"] | changes
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def trained_assistant(name: str, target: Path, work: Path, progress: bool) -> dict[str, tuple[Path, float]]:
+    """ASSISTANTS[name] trained on the study's forget and retain data (reused when its stamp matches): each
+    snapshot's variant name -> (its bundle, the assistant's mean forget NLL over that epoch's steps)."""
+    from uld_train.config import TrainConfig
+    from uld_train.loop import train
+    from uld_train.tofu_study import ULD_RECIPE, write_rows
+    from uld_vllm import stamps, tofu
+    from uld_vllm.machine import cpu_dtype, cpu_flags
+    from uld_vllm.smollm2_tofu import FORGET_AUTHORS, model_authors
+
+    data = work / "data"
+    config = TrainConfig(
+        target=target,
+        forget=write_rows(data / f"{SPLIT}.jsonl", tofu.subset(FORGET_AUTHORS[SPLIT])),
+        retain=write_rows(data / f"retain_{SPLIT}.jsonl", tofu.subset(model_authors()[f"retain_{SPLIT}"])),
+        output=work / "assistants" / name,
+        autocast=cpu_dtype(cpu_flags()),
+        snapshot_every=SNAPSHOT_EVERY,
+        progress=progress,
+        **(ULD_RECIPE | ASSISTANTS[name]),
+    )
+    record = {k: str(v) for k, v in asdict(replace(config, progress=False)).items()}
+    stamp = config.output.with_name(f"{name}.json")
+    if stamps.matching(stamp, record) is None:
+        train(config)
+        stamps.write(stamp, record)
+    steps = [json.loads(line) for line in (config.work_dir / "train_log.jsonl").read_text().splitlines()]
+    models = config.epoch_models()
+    epochs = [SNAPSHOT_EVERY * k for k in range(1, len(models))] + [config.epochs]
+    variants = {}
+    for epoch, model in zip(epochs, models, strict=True):
+        nll = [s["forget_nll"] for s in steps if epoch - 1 < s["epoch"] <= epoch]
+        variants[f"{name}@{epoch}"] = (model, sum(nll) / len(nll))
+    return variants
 
 
 def split_logs(directory: Path) -> dict:
@@ -92,7 +139,8 @@ def figures(logs: dict, retain: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "fluency")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="decoding variants (default: all)")
+    parser.add_argument("--assistants", default=",".join(ASSISTANTS), help="assistant variants (default: all)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args()
 
@@ -100,12 +148,13 @@ def main() -> int:
 
     in_process_engine_core()
     from uld_vllm.machine import machine_info
-    from uld_vllm.smollm2_tofu import assemble, base_dir
+    from uld_vllm.smollm2_tofu import ADAPTERS, assemble, base_dir
 
-    names = args.variants.split(",")
-    unknown = sorted(set(names) - set(VARIANTS))
+    names, assistants = args.variants.split(","), [a for a in args.assistants.split(",") if a]
+    unknown = sorted(set(names) - set(VARIANTS)) + sorted(set(assistants) - set(ASSISTANTS))
     if unknown:
-        raise SystemExit(f"fluency_variants: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+        known = ", ".join([*VARIANTS, *ASSISTANTS])
+        raise SystemExit(f"fluency_variants: unknown variant(s) {', '.join(unknown)} (known: {known})")
     models = assemble((f"retain_{SPLIT}", "uld"))
     bundles = [variant_bundle(models["uld"], args.work / "bundles" / name, VARIANTS[name]) for name in names]
     retain_out = args.work / "eval" / f"retain_{SPLIT}"
@@ -117,6 +166,15 @@ def main() -> int:
     rows = {"retain model": figures(retain, retain)} | {
         name: figures(split_logs(output), retain) for name, output in zip(names, outputs, strict=True)
     }
+    committed_nll = json.loads((ADAPTERS / "assistant" / "uld-train.json").read_text())["final"]["forget_nll"]
+    for name in names:  # decoding variants: the study's assistant
+        rows[name]["assistant_forget_nll"] = committed_nll
+    for name in assistants:
+        snapshots = trained_assistant(name, models["target"], args.work, args.progress)
+        outputs = [args.work / "eval" / snapshot for snapshot in snapshots]
+        evaluate([bundle for bundle, _ in snapshots.values()], outputs, base_dir(), args.progress)
+        for (snapshot, (_, nll)), output in zip(snapshots.items(), outputs, strict=True):
+            rows[snapshot] = figures(split_logs(output), retain) | {"assistant_forget_nll": nll}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     record = {
         "command": "python bench/fluency_variants.py " + " ".join(sys.argv[1:]),
@@ -124,6 +182,7 @@ def main() -> int:
         "machine": machine_info(resolve_dtype(None)),
         "split": SPLIT,
         "variants": {name: VARIANTS[name] for name in names},
+        "assistants": {name: ASSISTANTS[name] | {"snapshot_every": SNAPSHOT_EVERY} for name in assistants},
         "bundle_uld": json.loads((models["uld"] / "config.json").read_text())["uld"],
         "rows": rows,
     }
@@ -141,20 +200,28 @@ def report(record: dict) -> str:
         "",
         f"Command: `{record['command']}` at commit {record['commit']}.",
         f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}; dtype {m['dtype']}.",
-        f"The study's ULD bundle: K = {u['assistant_layers']}, w = {u['weight']}, r = {u['filter']}; each variant changes"
-        " one setting. Judge: the pretrained SmolLM2-135M-Instruct; gibberish: answers above the 95th percentile of the"
-        " retain model's own answers' judge NLL on the same split.",
+        f"The study's ULD bundle: K = {u['assistant_layers']}, w = {u['weight']}, r = {u['filter']}; each decoding "
+        "variant changes one setting. An assistant variant (name@E) is a newly trained assistant's epoch-E snapshot "
+        "with the study's decoding; its forget NLL is the training log's mean over that epoch (teacher-forced, nats per "
+        "answer token; the target's is about 0.05). Judge: the pretrained SmolLM2-135M-Instruct; gibberish: answers "
+        "above the 95th percentile of the retain model's own answers' judge NLL on the same split.",
         "",
-        "| variant | change | ROUGE-L forget | ROUGE-L retain | Forget Quality | gibberish forget | gibberish retain "
-        "| judge NLL forget |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | change | assistant forget NLL | ROUGE-L forget | ROUGE-L retain | Forget Quality | gibberish forget "
+        "| gibberish retain | judge NLL forget |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in record["rows"].items():
-        change = ", ".join(f"{k} {v}" for k, v in record["variants"].get(name, {}).items()) or "-"
+        trained, _, epoch = name.partition("@")
+        if trained in record.get("assistants", {}):
+            recipe = ", ".join(f"{k} {v}" for k, v in record["assistants"][trained].items())
+            change = f"assistant trained with {recipe}; epoch {epoch}"
+        else:
+            change = ", ".join(f"{k} {v}" for k, v in record["variants"].get(name, {}).items()) or "-"
+        nll = row.get("assistant_forget_nll")
         lines.append(
-            f"| {name} | {change} | {row['rouge_forget']:.3f} | {row['rouge_retain']:.3f} | "
-            f"{row['forget_quality']:.2g} | {row['gibberish_forget']:.3f} | {row['gibberish_retain']:.3f} | "
-            f"{row['judge_nll_forget']:.2f} |"
+            f"| {name} | {change} | {'-' if nll is None else f'{nll:.2f}'} | {row['rouge_forget']:.3f} | "
+            f"{row['rouge_retain']:.3f} | {row['forget_quality']:.2g} | {row['gibberish_forget']:.3f} | "
+            f"{row['gibberish_retain']:.3f} | {row['judge_nll_forget']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 

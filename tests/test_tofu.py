@@ -80,6 +80,11 @@ def test_authors_and_subset():
     assert tofu.subset([]) == []
     with pytest.raises(DataError, match=r"out of range .*0\.\.199"):
         tofu.subset([0, 200])
+    perturbed = tofu.subset([18, 3], "retain_perturbed")  # the same authors, with the truth ratio's answers
+    assert [r["question"] for r in perturbed] == [r["question"] for r in tofu.subset([3, 18])]
+    assert all(len(r["perturbed_answer"]) == 5 for r in perturbed)
+    with pytest.raises(DataError, match=r"out of range \(retain_perturbed has authors 0\.\.19\)"):
+        tofu.subset([20], "retain_perturbed")
     with pytest.raises(DataError, match="not a question-answer pair of TOFU's full"):
         tofu.authors(tofu.rows("world_facts_perturbed")[:1])
 

@@ -76,16 +76,19 @@ def authors(qa_rows: Iterable[dict]) -> list[int]:
     return sorted(found)
 
 
-def subset(authors: Iterable[int]) -> list[dict]:
-    """Every QA of the given `full` authors, in full's order (each author once): a smaller TOFU with whole authors,
-    e.g. authors 0..19 (retain_perturbed's) plus 190..199 (forget05's) for a CPU-sized run."""
-    full = rows("full")
-    count = len(full) // QA_PER_AUTHOR
+def subset(authors: Iterable[int], name: str = "full") -> list[dict]:
+    """Every row of the given authors in TOFU's file `name` (full, or retain_perturbed: full's authors 0-19 with
+    their paraphrased and perturbed answers), in the file's order, each author once: a smaller TOFU with whole
+    authors, e.g. authors 0..19 (retain_perturbed's) plus 190..199 (forget05's) for a CPU-sized run."""
+    if name not in ("full", "retain_perturbed"):
+        raise DataError(f"subset takes authors of full or retain_perturbed, not {name!r}")
+    source = rows(name)
+    count = len(source) // QA_PER_AUTHOR
     chosen = sorted(set(authors))
     outside = [a for a in chosen if not 0 <= a < count]
     if outside:
-        raise DataError(f"TOFU author indices {outside} out of range (full has authors 0..{count - 1})")
-    return [row for a in chosen for row in full[a * QA_PER_AUTHOR : (a + 1) * QA_PER_AUTHOR]]
+        raise DataError(f"TOFU author indices {outside} out of range ({name} has authors 0..{count - 1})")
+    return [row for a in chosen for row in source[a * QA_PER_AUTHOR : (a + 1) * QA_PER_AUTHOR]]
 
 
 def eval_rows(forget_split: str) -> dict[str, list[dict]]:

@@ -117,14 +117,14 @@ class Tofu(Dataset):
         directory = self.data(split)
         forgotten = split_authors(split)
         if split.endswith(VALIDATION):
-            forget = [r for a in forgotten for r in _author_rows("retain_perturbed", a)]
+            forget = tofu.subset(forgotten, "retain_perturbed")
             retained = TEST_AUTHORS["forget05"]
         else:
             forget = tofu.rows(f"{split}_perturbed")
             retained = VALIDATION_AUTHORS["forget05"]
         files = {
             "forget": forget,
-            "retain": [r for a in EVAL_RETAIN for r in _author_rows("retain_perturbed", a)],
+            "retain": tofu.subset(EVAL_RETAIN, "retain_perturbed"),
             "real_authors": tofu.rows("real_authors_perturbed"),
             "world_facts": tofu.rows("world_facts_perturbed"),
         }
@@ -150,10 +150,3 @@ class Tofu(Dataset):
     def version(self, model: Path) -> str:
         """The merge stamp's hash (base pin and adapter hash)."""
         return stamps.sha256(model / smollm2_tofu.MERGED)[:12]
-
-
-def _author_rows(name: str, author: int) -> list[dict]:
-    """An author's rows of a TOFU file ordered as full (retain_perturbed: authors 0-19, 20 rows each)."""
-    rows = tofu.rows(name)
-    first = tofu.authors(rows)[0]
-    return rows[(author - first) * tofu.QA_PER_AUTHOR : (author - first + 1) * tofu.QA_PER_AUTHOR]

@@ -82,8 +82,14 @@ def test_an_evaluation_reads_the_bundles_config_and_adapter_once(backend, llama_
     assert reads == {"config": 1, "adapter": 1}, reads
 
 
+@pytest.fixture(scope="module")
+def vllm_imported() -> None:
+    """vLLM's logger binds the stderr of its first import: outside capsys, whose stream closes after the test."""
+    import vllm  # noqa: F401
+
+
 @pytest.mark.vllm
-def test_cli_writes_tofu_logs_that_aggregate(llama_bundle, data, tmp_path, capsys, monkeypatch):
+def test_cli_writes_tofu_logs_that_aggregate(vllm_imported, llama_bundle, data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ULD_DTYPE", "float32")
     out = tmp_path / "logs"
     assert main(["run", "--model", str(llama_bundle), "--data", str(data), "--output", str(out)]) == 0
