@@ -13,6 +13,7 @@ test run the validation authors): authors the target knows and the run's evaluat
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -101,7 +102,7 @@ class Tofu(Dataset):
             if finished(adapter, record(self.base, data, config)) is None:
                 adapter = self.study / "adapters" / name
                 fit = finetune(self.base, data, adapter, config, self.progress)
-                print(f"quality: {name}: {fit['rows']} QA, {fit['seconds']:.0f} s", flush=True)
+                print(f"quality: {name}: {fit['rows']} QA, {fit['seconds']:.0f} s", file=sys.stderr)
             smollm2_tofu.merge_adapter(self.base, adapter, self.model(name))
             models[name] = {"authors": list(authors), "seed": seed, "adapter": str(adapter)}
         return {"base": str(self.base), "recipe": asdict(self.recipe), "models": models}
