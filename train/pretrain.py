@@ -111,6 +111,7 @@ def pretrain(
     output: str | Path,
     config: PretrainConfig | None = None,
     progress: bool = True,
+    bar_row: int = 0,
 ) -> PretrainResult:
     """Train a Llama from scratch on data's question/answer rows (loss on answer tokens) and save an HF checkpoint
     (safetensors, config, tokenizer) that transformers and vLLM load; skipped when output already holds it."""
@@ -134,7 +135,8 @@ def pretrain(
     model = LlamaForCausalLM(llama_config(config, tokenizer)).train()
     total = math.ceil(len(examples) / config.batch_size) * config.epochs
     began = time.perf_counter()
-    epoch_losses = fit(model, examples, tokenizer.pad_token_id, config, f"pretrain {output.name}", progress)
+    desc = f"pretrain {output.name}"
+    epoch_losses = fit(model, examples, tokenizer.pad_token_id, config, desc, progress, bar_row=bar_row)
     seconds = round(time.perf_counter() - began, 1)
 
     # ---- output: written beside, marker last, then moved into place, so a crash never leaves a "finished" model
@@ -169,10 +171,18 @@ def study_models(seed: int) -> dict[str, tuple[str, int]]:
     return models
 
 
-def _pretrain_alone(threads: int, *args) -> PretrainResult:
-    """pretrain in a worker process that leaves the other cores to the runs beside it."""
+_BAR_ROW = 0  # a worker process's progress-bar row, taken from the pool's slots when the worker starts
+
+
+def _take_bar_row(rows) -> None:
+    global _BAR_ROW
+    _BAR_ROW = rows.get()
+
+
+def _pretrain_alone(threads: int, progress: bool, *args) -> PretrainResult:
+    """pretrain in a worker process that leaves the other cores to the runs beside it, its bar on its own row."""
     torch.set_num_threads(threads)
-    return pretrain(*args, progress=False)
+    return pretrain(*args, progress=progress, bar_row=_BAR_ROW)
 
 
 def _pretrained(runs: dict[str, tuple], jobs: int, progress: bool) -> Iterator[tuple[str, PretrainResult]]:
@@ -187,8 +197,12 @@ def _pretrained(runs: dict[str, tuple], jobs: int, progress: bool) -> Iterator[t
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, torch.get_num_threads() // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_pretrain_alone, threads, *args): name for name, args in runs.items()}
+    context = multiprocessing.get_context("spawn")
+    rows = context.Queue()
+    for row in range(jobs):
+        rows.put(row)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_take_bar_row, initargs=(rows,)) as pool:
+        futures = {pool.submit(_pretrain_alone, threads, progress, *args): name for name, args in runs.items()}
         try:
             for future in as_completed(futures):
                 yield futures[future], future.result()

@@ -65,15 +65,17 @@ def fit(
     desc: str,
     progress: bool,
     autocast: torch.dtype | None = None,
+    bar_row: int = 0,
 ) -> list[float]:
     """Shuffled epochs (order fixed by config.seed), loss on answer tokens, AdamW on the trainable parameters;
-    returns each epoch's token-weighted mean loss. autocast: the forward's compute dtype on CPU (None: as stored)."""
+    returns each epoch's token-weighted mean loss. autocast: the forward's compute dtype on CPU (None: as stored);
+    bar_row: the progress bar's terminal row, for runs side by side."""
     order_rng = torch.Generator().manual_seed(config.seed)
     total = math.ceil(len(examples) / config.batch_size) * config.epochs
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total))
-    bar = tqdm(total=total, desc=desc, disable=not progress)
+    bar = tqdm(total=total, desc=desc, disable=not progress, position=bar_row)
     epoch_losses: list[float] = []
     for _ in range(config.epochs):
         order = torch.randperm(len(examples), generator=order_rng).tolist()
