@@ -62,7 +62,7 @@ def trained_assistant(name: str, target: Path, work: Path, progress: bool) -> di
     """ASSISTANTS[name] trained on the study's forget and retain data (reused when its stamp matches): each
     snapshot's variant name -> (its bundle, the assistant's mean forget NLL over that epoch's steps)."""
     from uld_train.config import TrainConfig
-    from uld_train.loop import train
+    from uld_train.loop import LOG_NAME, train
     from uld_train.tofu_study import ULD_RECIPE, write_rows
     from uld_vllm import stamps, tofu
     from uld_vllm.machine import cpu_dtype, cpu_flags
@@ -84,7 +84,7 @@ def trained_assistant(name: str, target: Path, work: Path, progress: bool) -> di
     if stamps.matching(stamp, record) is None:
         train(config)
         stamps.write(stamp, record)
-    steps = [json.loads(line) for line in (config.work_dir / "train_log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (config.output / LOG_NAME).read_text().splitlines()]
     models = config.epoch_models()
     epochs = [SNAPSHOT_EVERY * k for k in range(1, len(models))] + [config.epochs]
     variants = {}
@@ -142,11 +142,13 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="decoding variants (default: all)")
     parser.add_argument("--assistants", default=",".join(ASSISTANTS), help="assistant variants (default: all)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     args = parser.parse_args()
 
-    from uld_vllm.engine import in_process_engine_core, resolve_dtype
+    from uld_vllm.engine import in_process_engine_core, quiet_vllm, resolve_dtype
 
     in_process_engine_core()
+    quiet_vllm(args.verbose)
     from uld_vllm.machine import machine_info
     from uld_vllm.smollm2_tofu import ADAPTERS, assemble, base_dir
 
