@@ -173,6 +173,7 @@ def metrics(logs: Path, retain_logs: Path) -> dict:
     row["extraction_strength"] = result.get("extraction_strength")  # open-unlearning's, on the forget set
     row["exact_memorization"] = result.get("exact_memorization")
     row["facts_stated"] = result.get("facts_stated")  # mini-TOFU: the share of true facts the forget answers state
+    row["repetitive_forget"] = result.get("repetitive")  # the share of forget answers that loop
     return row
 
 

@@ -88,7 +88,7 @@ def claims(result: dict) -> list[str]:
 
 
 TABLE_KEYS = ("forget_quality", "model_utility", "ks_d", "rouge_forget", "rouge_retain", "gibberish_forget",
-              "gibberish_retain", "extraction_strength", "exact_memorization", "facts_stated", "train_seconds")  # fmt: skip
+              "gibberish_retain", "repetitive_forget", "extraction_strength", "exact_memorization", "facts_stated", "train_seconds")  # fmt: skip
 
 
 def markdown(result: dict) -> str:
@@ -113,9 +113,9 @@ def markdown(result: dict) -> str:
             lines += ["(test phase not run yet)", ""]
         header = (
             "| method | selected (validation) | F.Q. | M.U. | KS D | R-L forget | R-L retain | gibberish forget | "
-            "gibberish retain | ES forget | EM forget | facts stated forget | train s |"
+            "gibberish retain | loops forget | ES forget | EM forget | facts stated forget | train s |"
         )
-        lines += [header, "|---" * 13 + "|"]
+        lines += [header, "|---" * 14 + "|"]
         for name in ("target", "retain"):
             if name in entry:
                 row = entry[name]

@@ -18,6 +18,7 @@ from uld_vllm.eval.metrics import (
     MEMORIZATION_KEYS,
     REAL_AUTHORS_LOG,
     REAL_WORLD_LOG,
+    REPETITION_KEY,
     RETAIN_LOG,
     load_eval_logs,
 )
@@ -71,6 +72,7 @@ def test_engine_eval_equals_the_reference_decoder(case, bundle_factory, data):
             assert log[key] == want[key]
         assert (FACTS_KEY in log) == (name == FORGET_LOG)  # only the forget rows list facts
         assert log.get(FACTS_KEY) == want.get(FACTS_KEY)
+        assert log[REPETITION_KEY] == want[REPETITION_KEY] and set(log[REPETITION_KEY].values()) <= {0.0, 1.0}
     assert engine.timings.scored_tokens == reference.timings.scored_tokens > 0
 
 
@@ -82,14 +84,8 @@ def test_an_evaluation_reads_the_bundles_config_and_adapter_once(backend, llama_
     assert reads == {"config": 1, "adapter": 1}, reads
 
 
-@pytest.fixture(scope="module")
-def vllm_imported() -> None:
-    """vLLM's logger binds the stderr of its first import: outside capsys, whose stream closes after the test."""
-    import vllm  # noqa: F401
-
-
 @pytest.mark.vllm
-def test_cli_writes_tofu_logs_that_aggregate(vllm_imported, llama_bundle, data, tmp_path, capsys, monkeypatch):
+def test_cli_writes_tofu_logs_that_aggregate(llama_bundle, data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ULD_DTYPE", "float32")
     out = tmp_path / "logs"
     assert main(["run", "--model", str(llama_bundle), "--data", str(data), "--output", str(out)]) == 0

@@ -28,6 +28,7 @@ from uld_vllm.eval.metrics import (
     example_log_entries,
     facts_stated,
     load_eval_logs,
+    repetitive,
     rouge_l_recall,
 )
 
@@ -355,3 +356,17 @@ def test_bad_input_is_a_one_line_eval_error(tmp_path: Path, trigger: Callable[[P
     with pytest.raises(EvalError, match=re.escape(message)) as raised:
         trigger(tmp_path)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("generated", "loops"),
+    [
+        ("The author was born in Paris in 1956 to a baker and a nurse.", False),
+        ("tlement restaurateur grizzBLE accred accred accred accred accred", True),  # one word five times
+        ("Her work: the tide turns, the tide turns, the tide turns, the end", True),  # a 3-word run three times
+        ("yes yes no yes yes no yes yes", False),  # "yes yes no" twice only
+        ("", False),
+    ],
+)
+def test_repetitive_flags_loops_not_fluent_answers(generated: str, loops: bool) -> None:
+    assert repetitive(generated) is loops

@@ -19,7 +19,7 @@ from uld_vllm.eval.data import SPLIT_FILES
 from uld_vllm.eval.metrics import EvalError, aggregate, load_eval_logs
 from uld_vllm.eval.run import EvalResult, EvalSettings, evaluate_checkpoints
 
-SUMMARY_KEYS = ("model_utility", "forget_quality", "rouge_forget", "rouge_retain", "facts_stated")  # where logged
+SUMMARY_KEYS = ("model_utility", "forget_quality", "rouge_forget", "rouge_retain", "facts_stated", "repetitive")
 
 
 def build_parser() -> argparse.ArgumentParser:

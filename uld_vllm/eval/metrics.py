@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,10 @@ GIBBERISH_QUANTILE = 0.95  # an answer is gibberish above this quantile of the r
 # Strength, below); and, for data that lists each answer's facts, the share of them the greedy generation states.
 MEMORIZATION_KEYS = {"exact_memorization": "Exact Memorization", "extraction_strength": "Extraction Strength"}
 FACTS_KEY = "facts_stated"
-FORGET_MEANS = MEMORIZATION_KEYS | {FACTS_KEY: "Facts Stated"}
+# 1.0 where the greedy answer loops (repetitive): degenerate text a judge LM finds likely, which the gibberish rate
+# misses (bench/results/README.md, "An assistant trained until it remembers").
+REPETITION_KEY = "repetitive"
+FORGET_MEANS = MEMORIZATION_KEYS | {FACTS_KEY: "Facts Stated", REPETITION_KEY: "Repetitive"}
 # The keys the aggregation reads; a log lacking one cannot be scored.
 AGGREGATED_KEYS: tuple[str, ...] = ("avg_gt_loss", "rougeL_recall", "avg_paraphrased_loss", "average_perturb_loss")
 # Splits whose "Prob." is the plain probability of the true answer (TOFU: `'eval_log' in k`); on the real-author and
@@ -153,6 +157,14 @@ def facts_stated(generated: str, facts: Sequence[str]) -> float:
         raise EvalError("an example has no facts to check")
     found = [re.search(rf"(?<!\w){re.escape(fact)}(?!\w)", generated, re.IGNORECASE) for fact in facts]
     return sum(match is not None for match in found) / len(facts)
+
+
+def repetitive(generated: str, n: int = 3, times: int = 3) -> bool:
+    """Whether some run of n words occurs `times` times in the answer: a loop ("accred accred accred ..."). Over the
+    retain model's 200 greedy TOFU forget05 answers (64 tokens) no answer does."""
+    words = generated.split()
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return bool(grams) and max(grams.values()) >= times
 
 
 # ---- loading and checking logs ----------------------------------------------------------------------------------

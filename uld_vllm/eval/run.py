@@ -26,11 +26,13 @@ from uld_vllm.eval.metrics import (
     FORGET_LOG,
     REAL_AUTHORS_LOG,
     REAL_WORLD_LOG,
+    REPETITION_KEY,
     RETAIN_LOG,
     EvalError,
     example_log_entries,
     facts_stated,
     memorization_entries,
+    repetitive,
     rouge_l_recall,
 )
 from uld_vllm.qa import answer_ids, prompt_ids
@@ -288,6 +290,7 @@ def evaluate_examples(
         # TOFU's order: [input, generation, ground truth].
         entry["generated_text"] = [tokenizer.decode(ex.prompt, skip_special_tokens=True), text, source.answer]
         entry["rougeL_recall"] = rouge_l_recall(text, source.answer)
+        entry[REPETITION_KEY] = float(repetitive(text))
         if source.facts:
             entry[FACTS_KEY] = facts_stated(text, source.facts)
         records[split][index] = entry
