@@ -160,8 +160,8 @@ def facts_stated(generated: str, facts: Sequence[str]) -> float:
 
 
 def repetitive(generated: str, n: int = 3, times: int = 3) -> bool:
-    """Whether some run of n words occurs `times` times in the answer: a loop ("accred accred accred ..."). Over the
-    retain model's 200 greedy TOFU forget05 answers (64 tokens) no answer does."""
+    """Whether some run of n words occurs `times` times in the answer: a loop ("accred accred accred ..."), which
+    fluent answers of TOFU's length do not make (bench/results/README.md)."""
     words = generated.split()
     grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return bool(grams) and max(grams.values()) >= times
