@@ -122,7 +122,7 @@ def evaluate(models: list[Path], outputs: list[Path], judge: Path, progress: boo
 def figures(logs: dict, retain: dict) -> dict:
     import numpy as np
 
-    from uld_vllm.eval.metrics import FLUENCY_KEY, FORGET_LOG, RETAIN_LOG, forget_quality, gibberish_rate
+    from uld_vllm.eval.metrics import FLUENCY_KEY, FORGET_LOG, RETAIN_LOG, forget_quality, gibberish_rate, repetitive
 
     rouge = {name: float(np.mean(list(logs[log]["rougeL_recall"].values()))) for name, log in
              (("rouge_forget", FORGET_LOG), ("rouge_retain", RETAIN_LOG))}  # fmt: skip
@@ -133,6 +133,8 @@ def figures(logs: dict, retain: dict) -> dict:
         "gibberish_forget": gibberish["Gibberish Forget"],
         "gibberish_retain": gibberish["Gibberish Retain"],
         "judge_nll_forget": float(np.mean(judged)),
+        # uld-eval's repetition flag, from the answers (logs made before it existed lack the key)
+        "loops_forget": float(np.mean([repetitive(g[1]) for g in logs[FORGET_LOG]["generated_text"].values()])),
     }
 
 
@@ -206,11 +208,12 @@ def report(record: dict) -> str:
         "variant changes one setting. An assistant variant (name@E) is a newly trained assistant's epoch-E snapshot "
         "with the study's decoding; its forget NLL is the training log's mean over that epoch (teacher-forced, nats per "
         "answer token; the target's is about 0.05). Judge: the pretrained SmolLM2-135M-Instruct; gibberish: answers "
-        "above the 95th percentile of the retain model's own answers' judge NLL on the same split.",
+        "above the 95th percentile of the retain model's own answers' judge NLL on the same split; loops: answers in "
+        "which a run of 3 words occurs 3 times (uld-eval's `repetitive`).",
         "",
         "| variant | change | assistant forget NLL | ROUGE-L forget | ROUGE-L retain | Forget Quality | gibberish forget "
-        "| gibberish retain | judge NLL forget |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| gibberish retain | judge NLL forget | loops forget |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in record["rows"].items():
         trained, _, epoch = name.partition("@")
@@ -223,7 +226,7 @@ def report(record: dict) -> str:
         lines.append(
             f"| {name} | {change} | {'-' if nll is None else f'{nll:.2f}'} | {row['rouge_forget']:.3f} | "
             f"{row['rouge_retain']:.3f} | {row['forget_quality']:.2g} | {row['gibberish_forget']:.3f} | "
-            f"{row['gibberish_retain']:.3f} | {row['judge_nll_forget']:.2f} |"
+            f"{row['gibberish_retain']:.3f} | {row['judge_nll_forget']:.2f} | {row['loops_forget']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
