@@ -20,6 +20,7 @@ class Dataset:
     protocol: dict  # PROTOCOL's values for this dataset (recorded in the JSON)
     method_args: dict[str, dict]  # what makes a method itself here (ULD's assistant depth)
     train_args: dict  # TrainConfig fields every method shares on this dataset (the forward's dtype)
+    validation_retain: str  # the retain model without any validation author
     keep_models = True  # False: a run's models are deleted once every evaluation of them is written (disk)
 
     def __init__(self, study: Path, progress: bool, jobs: int) -> None:
@@ -35,14 +36,17 @@ class Dataset:
 
     def unlearn_files(self, split: str) -> tuple[Path, Path]:
         """(forget, retain) training files of a split's unlearning runs: no string the split's evaluation scores."""
-        raise NotImplementedError
+        return self.data(split) / "unlearn_forget.jsonl", self.data(split) / "unlearn_retain.jsonl"
 
     def model(self, name: str) -> Path:
         return self.study / "models" / name
 
     def retain_model(self, split: str) -> Path:
-        """The model that never saw the split's authors: Forget Quality's reference."""
-        raise NotImplementedError
+        """The model that never saw the split's authors: Forget Quality's reference (one model without every
+        validation author serves all validation splits)."""
+        if split.endswith(VALIDATION):
+            return self.model(self.validation_retain)
+        return self.model(f"retain_{split}")
 
     def judge(self, split: str) -> Path:
         """The fluency judge of a split's answers."""

@@ -39,6 +39,7 @@ class MiniTofu(Dataset):
     # ULD trains a K-layer LoRA assistant (K = 2 of the target's 4: one 256-wide layer could not memorise a forget
     # set, bench/results/README.md); the baselines train every parameter, as TOFU runs them.
     method_args = {"uld": {"layers": 2}}
+    validation_retain = f"retain_forget10{VALIDATION}"
     train_args: dict = {}  # float32: the tiny model trains fastest without autocast
 
     def build(self) -> dict:
@@ -46,14 +47,6 @@ class MiniTofu(Dataset):
         manifest = self.study / "minitofu.json"
         recipe = PretrainConfig(**json.loads(manifest.read_text())["recipe"]) if manifest.exists() else None
         return build(self.study, recipe, progress=self.progress, jobs=self.jobs)
-
-    def unlearn_files(self, split: str) -> tuple[Path, Path]:
-        return self.data(split) / "unlearn_forget.jsonl", self.data(split) / "unlearn_retain.jsonl"
-
-    def retain_model(self, split: str) -> Path:
-        if split.endswith(VALIDATION):
-            return self.model(f"retain_forget10{VALIDATION}")
-        return self.model(f"retain_{split}")
 
     def judge(self, split: str) -> Path:
         return self.retain_model(split)

@@ -75,6 +75,7 @@ class Tofu(Dataset):
     # ULD's assistant: the target's first 8 of 30 layers + LoRA (about the paper's quarter); the baselines train
     # every parameter, as TOFU runs them.
     method_args = {"uld": {"layers": 8}}
+    validation_retain = f"retain_forget05{VALIDATION}"
     keep_models = False  # 540 MB a snapshot: a run's models are deleted once every evaluation of them is written
 
     def __init__(
@@ -131,16 +132,9 @@ class Tofu(Dataset):
         }
         for key, rows in files.items():
             write_jsonl(directory / SPLIT_FILES[key], rows)
-        write_rows(directory / "unlearn_forget.jsonl", tofu.subset(forgotten))
-        write_rows(directory / "unlearn_retain.jsonl", tofu.subset(retained))
-
-    def unlearn_files(self, split: str) -> tuple[Path, Path]:
-        return self.data(split) / "unlearn_forget.jsonl", self.data(split) / "unlearn_retain.jsonl"
-
-    def retain_model(self, split: str) -> Path:
-        if split.endswith(VALIDATION):
-            return self.model(f"retain_forget05{VALIDATION}")
-        return self.model(f"retain_{split}")
+        forget_file, retain_file = self.unlearn_files(split)
+        write_rows(forget_file, tofu.subset(forgotten))
+        write_rows(retain_file, tofu.subset(retained))
 
     def judge(self, split: str) -> Path:
         return self.base
