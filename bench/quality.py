@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from uld_vllm.engine import in_process_engine_core  # noqa: E402
 
 in_process_engine_core()
