@@ -77,10 +77,10 @@ class Study:
     def run_dir(self, split: str, method: str, lr: float, seed: int) -> Path:
         return self.work / "runs" / split / method / f"lr{report.fmt_lr(lr)}-seed{seed}"
 
-    def train(self, split: str, method: str, lr: float, seed: int, needed: bool = True) -> tuple[list[Path], float]:
+    def train(self, split: str, method: str, lr: float, seed: int, needed: bool = True) -> tuple[list[Path], dict]:
         """uld-train on the split's unlearning files (checked against its evaluation first): its models by epoch
-        (a snapshot after each) and its training seconds. A finished run is trained again only where its models
-        are `needed` and were deleted (datasets that do not keep them)."""
+        (a snapshot after each) and its record (training seconds, optimizer steps). A finished run is trained again
+        only where its models are `needed` and were deleted (datasets that do not keep them)."""
         forget, retain = self.dataset.unlearn_files(split)
         out = self.run_dir(split, method, lr, seed) / "model"
         config = TrainConfig(
@@ -111,11 +111,11 @@ class Study:
             if done is None:
                 shutil.rmtree(out.parent / "logs", ignore_errors=True)  # evaluations of an earlier run of this place
             started = time.perf_counter()
-            train(config)
-            done = record | {"seconds": round(time.perf_counter() - started, 1), "commit": commit()}
+            steps = train(config).steps
+            done = record | {"seconds": round(time.perf_counter() - started, 1), "steps": steps, "commit": commit()}
             stamps.write(stamp, done)
             models = config.epoch_models()
-        return models, done["seconds"]
+        return models, done
 
     def drop_models(self, models: list[Path]) -> None:
         """Delete a run's models once every evaluation of them is written, where the dataset does not keep them."""
@@ -193,13 +193,15 @@ def grid_points(study: Study, split: str, method: str) -> list[dict]:
         outputs = {decoding_name(d): [run / "logs" / decoding_name(d) / f"epoch-{e}" for e in epochs]
                    for d in decodings(protocol, method)}  # fmt: skip
         needed = not all(done(o) for runs in outputs.values() for o in runs)
-        models, seconds = study.train(validation, method, lr, seed, needed)
+        models, trained = study.train(validation, method, lr, seed, needed)
         for decoding in decodings(protocol, method):
             logs = outputs[decoding_name(decoding)]
             if needed:
                 study.evaluate(models, logs, validation, **decoding)
             for epoch, out in zip(epochs, logs, strict=True):
-                point = {"lr": lr, "epoch": epoch, **decoding, "train_seconds": seconds * epoch / len(epochs)}
+                share = epoch / len(epochs)
+                point = {"lr": lr, "epoch": epoch, **decoding, "train_seconds": trained["seconds"] * share,
+                         "steps": round(trained["steps"] * share)}  # fmt: skip
                 points.append(point | metrics(out, retain_logs))
         study.drop_models(models)
     return points
@@ -215,6 +217,15 @@ def select(points: list[dict], target_utility: float, utility_floor: float) -> d
     return max(points, key=lambda p: (p["model_utility"], p["forget_quality"])) | {"passed_utility_floor": False}
 
 
+def step_budget(methods: dict, max_epochs: int) -> int | None:
+    """The optimizer steps of a whole grid run, checked equal for every method and learning rate (the protocol's
+    equal budget, as the runs took it); None before the grid."""
+    steps = {p["steps"] for record in methods.values() for p in record["grid"]["points"] if p["epoch"] == max_epochs}
+    if len(steps) > 1:
+        raise RuntimeError(f"grid runs took different optimizer steps: {sorted(steps)} (the budget must be equal)")
+    return steps.pop() if steps else None
+
+
 def test_runs(study: Study, split: str, method: str, chosen: dict) -> list[dict]:
     """The selected configuration with every seed on the test authors, at the selected epoch, judged."""
     retain_logs = study.reference_logs(split, "retain", study.dataset.retain_model(split), judged=True)
@@ -223,12 +234,13 @@ def test_runs(study: Study, split: str, method: str, chosen: dict) -> list[dict]
     for seed in study.protocol["seeds"]:
         run = study.run_dir(split, method, chosen["lr"], seed)
         out = run / "logs" / f"{decoding_name(decoding)}-epoch-{chosen['epoch']}"
-        models, seconds = study.train(split, method, chosen["lr"], seed, needed=not done(out))
+        models, trained = study.train(split, method, chosen["lr"], seed, needed=not done(out))
         if not done(out):
             study.evaluate([models[chosen["epoch"] - 1]], [out], split, judged=True, **decoding)
         study.drop_models(models)
         row = metrics(out, retain_logs) | {"seed": seed, "logs_dir": str(out)}
-        rows.append(row | {"train_seconds": seconds * chosen["epoch"] / study.protocol["max_epochs"]})
+        share = chosen["epoch"] / study.protocol["max_epochs"]
+        rows.append(row | {"train_seconds": trained["seconds"] * share, "steps": round(trained["steps"] * share)})
     return rows
 
 
@@ -281,6 +293,7 @@ def run(study: Study, until: str) -> dict:
             entry["methods"][method] = {"grid": grid, "selected": chosen}
             if stop >= PHASES.index("test"):
                 entry["methods"][method]["seeds"] = test_runs(study, split, method, chosen)
+        entry["step_budget"] = step_budget(entry["methods"], protocol["max_epochs"])
         if stop >= PHASES.index("noise"):
             entry["noise"] = noise(study, split)
         result["splits"][split] = entry
@@ -310,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     default_study, default_work = DEFAULT_DIRS[args.dataset]
     dataset = datasets()[args.dataset](Path(args.study or default_study), not args.no_progress, args.jobs)
     study = Study(dataset, Path(args.work or default_work), dtype, not args.no_progress)
-    result = {"commit": commit(), "title": dataset.title, "protocol": dataset.protocol} | run(study, args.until)
+    result = {"commit": commit(), "title": dataset.title} | run(study, args.until)
+    budget = {split: entry.pop("step_budget") for split, entry in result["splits"].items()}
+    result["protocol"] = dataset.protocol | {"step_budget": budget}  # by split: the forget set's size sets it
     result["machine"] = machine_info(dtype)
     result["command"] = " ".join(["python bench/quality.py", *(argv if argv is not None else sys.argv[1:])])
     name = f"quality-{dataset.name}"

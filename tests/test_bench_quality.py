@@ -46,6 +46,17 @@ def test_selection_without_a_passing_snapshot_says_so_and_keeps_the_most_utility
     assert (chosen["lr"], chosen["passed_utility_floor"]) == (1e-4, False)
 
 
+def test_the_step_budget_is_the_grid_runs_own_and_must_be_equal() -> None:
+    def methods(*steps: int) -> dict:
+        return {f"m{i}": {"grid": {"points": [{"epoch": 1, "steps": n // 2}, {"epoch": 2, "steps": n}]}}
+                for i, n in enumerate(steps)}  # fmt: skip
+
+    assert quality.step_budget(methods(6, 6), 2) == 6
+    assert quality.step_budget({}, 2) is None
+    with pytest.raises(RuntimeError, match="different optimizer steps"):
+        quality.step_budget(methods(6, 8), 2)
+
+
 @pytest.mark.vllm
 def test_the_study_runs_every_phase_and_writes_what_tools_read(tmp_path: Path, monkeypatch) -> None:
     from uld_train.pretrain import main as minitofu_main
@@ -63,11 +74,17 @@ def test_the_study_runs_every_phase_and_writes_what_tools_read(tmp_path: Path, m
     result = json.loads((tmp_path / "results" / "quality-minitofu.json").read_text())
     assert result["protocol"]["lr_grid"] == [1e-3] and "selection" in result["protocol"]
     split = result["splits"]["forget01"]
+    budget = result["protocol"]["step_budget"]["forget01"]
+    assert budget > 0 and {p["steps"] for m in split["methods"].values() for p in m["grid"]["points"]} == {
+        budget // 2,
+        budget,
+    }
     assert len(split["noise"]) == 10  # every pair of the 5 forget10 retain models
     for method in ("uld", "ga"):
         record = split["methods"][method]
         assert len(record["grid"]["points"]) == 2  # one lr, two epochs, one decoding
         assert [row["seed"] for row in record["seeds"]] == [0, 1]
+        assert {row["steps"] for row in record["seeds"]} <= {budget // 2, budget}
         for row in record["seeds"] + [split["retain"]]:
             assert set(M_KEYS) <= set(row) and 0 <= row["extraction_strength"] <= 1
             logs = tmp_path / "results" / row["logs"]
