@@ -34,6 +34,19 @@ from uld_vllm.random_models import build_random_bundle  # noqa: E402
 SEED = 0
 
 
+def _absl_leaves_pytest_streams_open() -> None:
+    """vLLM's engine start reconfigures logging (dictConfig), which closes every handler ever made. absl's (imported
+    by rouge_score) then closes its stream unless it is the *current* sys.stderr: under pytest that is the capture
+    stream of whichever phase imported absl, and a test that starts the session's first engine under capsys closed
+    pytest's own. Its stream is the real stderr instead, which absl never closes."""
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
+_absl_leaves_pytest_streams_open()
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     """Every test starts from the same RNG state, so a failure reproduces when the test is run alone."""
