@@ -30,6 +30,7 @@ EVAL_RETAIN = tuple(range(10))  # retain_perturbed's first 200 rows: what Model 
 VALIDATION_AUTHORS = {"forget05": tuple(range(10, 20)), "forget01": (18, 19)}  # as many authors as the test split
 TEST_AUTHORS = smollm2_tofu.FORGET_AUTHORS
 NOISE_SEEDS = 5  # retain_forget05 with seeds 0..4 (seed 0 is committed): the noise floor's models
+VALIDATION_RETAIN = f"retain_forget05{VALIDATION}"  # fine-tuned without any validation author
 
 
 def split_authors(split: str) -> tuple[int, ...]:
@@ -43,7 +44,7 @@ def model_authors() -> dict[str, tuple[tuple[int, ...], int]]:
     """Model name -> (the authors it is fine-tuned on, its seed): the committed three and what the protocol adds."""
     models = {name: (authors, 0) for name, authors in smollm2_tofu.model_authors().items()}
     without_validation = tuple(a for a in TARGET_AUTHORS if a not in VALIDATION_AUTHORS["forget05"])
-    models[f"retain_forget05{VALIDATION}"] = (without_validation, 0)
+    models[VALIDATION_RETAIN] = (without_validation, 0)
     for seed in range(1, NOISE_SEEDS):
         models[f"retain_forget05_seed{seed}"] = (models["retain_forget05"][0], seed)
     return models
@@ -75,7 +76,7 @@ class Tofu(Dataset):
     # ULD's assistant: the target's first 8 of 30 layers + LoRA (about the paper's quarter); the baselines train
     # every parameter, as TOFU runs them.
     method_args = {"uld": {"layers": 8}}
-    validation_retain = f"retain_forget05{VALIDATION}"
+    validation_retain = VALIDATION_RETAIN
     keep_models = False  # 540 MB a snapshot: a run's models are deleted once every evaluation of them is written
 
     def __init__(
