@@ -77,10 +77,13 @@ class Study:
     def run_dir(self, split: str, method: str, lr: float, seed: int) -> Path:
         return self.work / "runs" / split / method / f"lr{report.fmt_lr(lr)}-seed{seed}"
 
-    def train(self, split: str, method: str, lr: float, seed: int, needed: bool = True) -> tuple[list[Path], dict]:
+    def train(
+        self, split: str, method: str, lr: float, seed: int, needed: bool = True, stop_epoch: int | None = None
+    ) -> tuple[list[Path], dict]:
         """uld-train on the split's unlearning files (checked against its evaluation first): its models by epoch
-        (a snapshot after each) and its record (training seconds, optimizer steps). A finished run is trained again
-        only where its models are `needed` and were deleted (datasets that do not keep them)."""
+        (a snapshot after each, up to `stop_epoch` of the whole schedule) and its record (training seconds,
+        optimizer steps). A finished run is trained again only where its models are `needed` and were deleted
+        (datasets that do not keep them)."""
         forget, retain = self.dataset.unlearn_files(split)
         out = self.run_dir(split, method, lr, seed) / "model"
         config = TrainConfig(
@@ -91,6 +94,7 @@ class Study:
             method=method,
             lr=lr,
             epochs=self.protocol["max_epochs"],
+            stop_epoch=stop_epoch,
             batch_size=self.protocol["batch_size"],
             grad_accum=self.protocol["grad_accum"],
             seed=seed,
@@ -105,7 +109,7 @@ class Study:
         stamp = out.with_name("run.json")
         done = stamps.matching(stamp, record, subset=True)
         models = config.epoch_models()
-        whole = len(models) == config.epochs and all(m.exists() for m in models)
+        whole = len(models) == (stop_epoch or config.epochs) and all(m.exists() for m in models)
         if done is None or (needed and not whole):
             check_unscored(*training_pairs(config, check_config(config)), read_eval_data(self.dataset.data(split)))
             if done is None:
@@ -227,20 +231,20 @@ def step_budget(methods: dict, max_epochs: int) -> int | None:
 
 
 def test_runs(study: Study, split: str, method: str, chosen: dict) -> list[dict]:
-    """The selected configuration with every seed on the test authors, at the selected epoch, judged."""
+    """The selected configuration with every seed on the test authors, trained up to the selected epoch of the
+    grid's schedule (the grid's snapshot there, by construction), judged."""
     retain_logs = study.reference_logs(split, "retain", study.dataset.retain_model(split), judged=True)
     decoding = {k: chosen[k] for k in ("weight", "filter") if k in chosen}
     rows = []
     for seed in study.protocol["seeds"]:
         run = study.run_dir(split, method, chosen["lr"], seed)
         out = run / "logs" / f"{decoding_name(decoding)}-epoch-{chosen['epoch']}"
-        models, trained = study.train(split, method, chosen["lr"], seed, needed=not done(out))
+        models, trained = study.train(split, method, chosen["lr"], seed, not done(out), chosen["epoch"])
         if not done(out):
-            study.evaluate([models[chosen["epoch"] - 1]], [out], split, judged=True, **decoding)
+            study.evaluate([models[-1]], [out], split, judged=True, **decoding)
         study.drop_models(models)
         row = metrics(out, retain_logs) | {"seed": seed, "logs_dir": str(out)}
-        share = chosen["epoch"] / study.protocol["max_epochs"]
-        rows.append(row | {"train_seconds": trained["seconds"] * share, "steps": round(trained["steps"] * share)})
+        rows.append(row | {"train_seconds": trained["seconds"], "steps": trained["steps"]})
     return rows
 
 

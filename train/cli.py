@@ -58,6 +58,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=5, help="passes over the forget set (default 5)")
     p.add_argument(
+        "--stop-epoch",
+        type=int,
+        default=None,
+        metavar="E",
+        help="stop after epoch E of the --epochs schedule: the model a whole run's epoch-E snapshot is (default: none)",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=8, help="forget examples per micro-batch, with as many retain (default 8)"
     )
     p.add_argument("--grad-accum", type=int, default=2, help="micro-batches per optimizer step (default 2)")

@@ -35,6 +35,7 @@ class TrainConfig:
     )
     lr: float | None = None  # peak learning rate; None = 1e-3 with LoRA (ULD reference), 1e-5 full-parameter (TOFU)
     epochs: int = 5  # passes over the (augmented) forget set; TOFU's unlearning runs use 5
+    stop_epoch: int | None = None  # stop after this epoch of the `epochs`-long schedule: its model is a whole run's
     batch_size: int = 8  # forget examples per micro-batch, with as many retain examples (reference: 8)
     grad_accum: int = 2  # micro-batches per optimizer step (reference: 2)
     max_length: int = 512  # tokens per example (question + answer); longer answers are cut at the end

@@ -65,6 +65,8 @@ def check_config(config: TrainConfig) -> Method:
     for name in ("warmup_steps", "save_every", "snapshot_every", "grad_clip", "weight_decay"):
         if getattr(config, name) < 0:
             raise TrainError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.stop_epoch is not None and not 1 <= config.stop_epoch <= config.epochs:
+        raise TrainError(f"--stop-epoch must be in [1, --epochs={config.epochs}], got {config.stop_epoch}")
     if config.max_length < 2:
         raise TrainError(f"--max-length must be >= 2, got {config.max_length}")
     if config.lr is not None and not config.lr > 0:
@@ -182,6 +184,8 @@ def train(config: TrainConfig) -> TrainResult:
     # ---- optimizer and schedule over the whole plan
     plan = batch_plan(len(forget), len(retain), config.batch_size, config.grad_accum, config.epochs, config.seed)
     steps_per_epoch = len(plan) / config.epochs
+    # The schedule spans every epoch; a run stopped early ends where a whole run's snapshot of that epoch is taken.
+    stop = len(plan) if config.stop_epoch is None else round(steps_per_epoch * config.stop_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, len(plan)))
@@ -205,11 +209,11 @@ def train(config: TrainConfig) -> TrainResult:
     # ---- the loop: one iteration = one optimizer step over grad_accum micro-batches
     # By default autocast only on CUDA: bf16 matmuls are emulated (6x slower) on CPUs without avx512_bf16 or AMX.
     use_bf16 = config.autocast == "bfloat16" or (config.autocast is None and device.type == "cuda")
-    bar = tqdm(total=len(plan), initial=start, desc=f"uld-train {config.method}", disable=not config.progress)
+    bar = tqdm(total=stop, initial=start, desc=f"uld-train {config.method}", disable=not config.progress)
     began = time.perf_counter()
     record: dict[str, float] = {}
     with (work / LOG_NAME).open("a") as log:
-        for step in range(start, len(plan)):
+        for step in range(start, stop):
             micro_batches = plan[step]
             terms_mean: dict[str, float] = {}
             for forget_index, retain_index in micro_batches:
@@ -234,10 +238,10 @@ def train(config: TrainConfig) -> TrainResult:
             log.flush()
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms_mean.items()})
-            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < len(plan):
+            if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < stop:
                 save_checkpoint(work, step + 1, model, optimizer, scheduler, config, sizes)
             snapshot_steps = round(steps_per_epoch) * config.snapshot_every
-            if config.snapshot_every and (step + 1) % snapshot_steps == 0 and step + 1 < len(plan):
+            if config.snapshot_every and (step + 1) % snapshot_steps == 0 and step + 1 < stop:
                 epoch = (step + 1) // round(steps_per_epoch)
                 write_model(model, config.snapshot_dir / f"epoch-{epoch}", config, layers, lora, tokenizer, work)
     bar.close()
@@ -247,7 +251,7 @@ def train(config: TrainConfig) -> TrainResult:
     for name in (LOG_NAME, CONFIG_NAME):
         shutil.copy2(work / name, config.output / name)
     shutil.rmtree(work)  # checkpoints only serve to resume an unfinished run
-    return TrainResult(output=config.output, steps=len(plan), layers=layers, final=record)
+    return TrainResult(output=config.output, steps=stop, layers=layers, final=record)
 
 
 def write_model(

@@ -150,6 +150,23 @@ def test_snapshots_are_the_model_after_each_epoch_and_the_last_one_is_the_output
     assert early.keys() == got.keys() and any(not torch.equal(early[k], got[k]) for k in got)  # training went on
 
 
+@pytest.mark.parametrize("method", ["uld", "ga_gd"])
+def test_a_run_stopped_early_ends_as_the_whole_runs_snapshot_of_that_epoch(config, method):
+    """--stop-epoch 2 of --epochs 3: the same schedule cut short, so its output is the whole run's epoch-2 snapshot
+    (what the quality study's test runs rely on) and it took two epochs' steps."""
+    config = replace(config, method=method, snapshot_every=1, save_every=0, lr=None if method == "uld" else 1e-4)
+    whole = train(replace(config, output=config.output.with_name("whole")))
+    stopped = train(replace(config, stop_epoch=2))
+    assert (stopped.steps, whole.steps) == (4, 6)
+    assert sorted(p.name for p in config.snapshot_dir.iterdir()) == ["epoch-1"]
+    weights = adapter if method == "uld" else lambda d: load_file(str(d / "model.safetensors"))
+    for mine, theirs in ((config.output, "epoch-2"), (config.snapshot_dir / "epoch-1", "epoch-1")):
+        got, want = weights(mine), weights(whole.output.with_name("whole.snapshots") / theirs)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    with pytest.raises(TrainError, match="--stop-epoch must be in"):
+        train(replace(config, stop_epoch=4))
+
+
 @pytest.mark.vllm
 def test_eval_data_scores_each_snapshot_and_the_output_through_one_engine(config, tmp_path, capsys, monkeypatch):
     from eval.eval_data import write_eval_dir
