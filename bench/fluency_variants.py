@@ -20,7 +20,7 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def variant_bundle(base: Path, directory: Path, changes: dict) -> Path:
 def trained_assistant(name: str, target: Path, work: Path, progress: bool) -> dict[str, tuple[Path, float]]:
     """ASSISTANTS[name] trained on the study's forget and retain data (reused when its stamp matches): each
     snapshot's variant name -> (its bundle, the assistant's mean forget NLL over that epoch's steps)."""
-    from uld_train.config import TrainConfig
+    from uld_train.config import TrainConfig, stamp_fields
     from uld_train.loop import LOG_NAME, train
     from uld_train.tofu_study import ULD_RECIPE, write_rows
     from uld_vllm import stamps, tofu
@@ -79,7 +79,7 @@ def trained_assistant(name: str, target: Path, work: Path, progress: bool) -> di
         progress=progress,
         **(ULD_RECIPE | ASSISTANTS[name]),
     )
-    record = {k: str(v) for k, v in asdict(replace(config, progress=False)).items()}
+    record = {k: str(v) for k, v in stamp_fields(replace(config, progress=False)).items()}
     stamp = config.output.with_name(f"{name}.json")
     if stamps.matching(stamp, record) is None:
         train(config)

@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,7 +42,7 @@ in_process_engine_core()
 
 from bench.quality_parts import report  # noqa: E402
 from bench.quality_parts.dataset import VALIDATION, Dataset  # noqa: E402
-from uld_train.config import TrainConfig  # noqa: E402
+from uld_train.config import TrainConfig, stamp_fields  # noqa: E402
 from uld_train.data import check_unscored  # noqa: E402
 from uld_train.loop import check_config, train, training_pairs  # noqa: E402
 from uld_vllm import stamps  # noqa: E402
@@ -104,7 +104,7 @@ class Study:
             **self.dataset.method_args.get(method, {}),
         )
         # The stamp records what decides the run (a changed protocol retrains) and the commit that trained it.
-        record = {"config": {k: str(v) for k, v in asdict(replace(config, progress=False)).items()}}
+        record = {"config": {k: str(v) for k, v in stamp_fields(replace(config, progress=False)).items()}}
         record["target"] = self.dataset.version(self.dataset.model("target"))
         stamp = out.with_name("run.json")
         done = stamps.matching(stamp, record, subset=True)

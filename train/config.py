@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,3 +84,13 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset(
     {"resume", "save_every", "snapshot_every", "device", "progress", "gradient_checkpointing"}
 )
+
+
+# Fields newer than stamps already written (committed adapters, cached study runs), at the value that leaves a run as
+# it was: a stamp records them only when set, so the runs made before them still match.
+NEWER_FIELDS: dict[str, Any] = {"stop_epoch": None}
+
+
+def stamp_fields(config: TrainConfig) -> dict[str, Any]:
+    """The config as a build stamp records what decides a run: every field, less a newer one left at its old value."""
+    return {k: v for k, v in asdict(config).items() if k not in NEWER_FIELDS or v != NEWER_FIELDS[k]}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from uld_train.config import TrainConfig
+from uld_train.config import TrainConfig, stamp_fields
 from uld_train.default_model import ULD_RECIPE as MINI_ULD_RECIPE
 from uld_train.finetune import FinetuneConfig, finetune
 from uld_train.loop import train
@@ -94,7 +94,7 @@ def build(directory: Path, config: FinetuneConfig, command: str, progress: bool 
         progress=progress,
         **ULD_RECIPE,
     )
-    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(train_config).items()}
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in stamp_fields(train_config).items()}
     marker = study.ADAPTERS / "assistant" / "uld-train.json"
     made_by = {"config": record, "target": json.loads((target / study.MERGED).read_text())}
     if not stamps.matching(marker, made_by, subset=True):
