@@ -41,7 +41,7 @@ VARIANTS: dict[str, dict] = {
 # name -> changes to the study's assistant recipe (uld_train.tofu_study.ULD_RECIPE); a snapshot every SNAPSHOT_EVERY
 # epochs. The study's assistant ended 20 epochs at a forget NLL of 5.2 nats (the target's: 0.05): it never
 # remembered the forget set, which is what ULD's assistant is for.
-ASSISTANTS: dict[str, dict] = {"epochs-40": {"epochs": 40}}
+ASSISTANTS: dict[str, dict] = {"epochs-40": {"epochs": 40}, "layers-15": {"layers": 15}}  # and half the depth
 SNAPSHOT_EVERY = 10
 
 
