@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -81,9 +81,10 @@ class Study:
         self, split: str, method: str, lr: float, seed: int, needed: bool = True, stop_epoch: int | None = None
     ) -> tuple[list[Path], dict]:
         """uld-train on the split's unlearning files (checked against its evaluation first): its models by epoch
-        (a snapshot after each, up to `stop_epoch` of the whole schedule) and its record (training seconds,
-        optimizer steps). A finished run is trained again only where its models are `needed` and were deleted
-        (datasets that do not keep them)."""
+        and its record (seconds of the optimizer loop, optimizer steps, commit). A grid run keeps a snapshot after
+        every epoch; a test run (`stop_epoch`) stops the same schedule there and writes only that model, so its
+        seconds are the method's own. A finished run is trained again only where its models are `needed` and were
+        deleted (datasets that do not keep them)."""
         forget, retain = self.dataset.unlearn_files(split)
         out = self.run_dir(split, method, lr, seed) / "model"
         config = TrainConfig(
@@ -98,25 +99,32 @@ class Study:
             batch_size=self.protocol["batch_size"],
             grad_accum=self.protocol["grad_accum"],
             seed=seed,
-            snapshot_every=1,
+            snapshot_every=1 if stop_epoch is None else 0,
             progress=self.progress,
             **self.dataset.train_args,
             **self.dataset.method_args.get(method, {}),
         )
-        # The stamp records what decides the run (a changed protocol retrains) and the commit that trained it.
+        # The stamp records what decides the run, the data's contents included (a changed protocol or file
+        # retrains), and the commit that trained it.
         record = {"config": {k: str(v) for k, v in stamp_fields(replace(config, progress=False)).items()}}
         record["target"] = self.dataset.version(self.dataset.model("target"))
+        record["data_sha256"] = {"forget": stamps.sha256(forget), "retain": stamps.sha256(retain)}
         stamp = out.with_name("run.json")
         done = stamps.matching(stamp, record, subset=True)
         models = config.epoch_models()
-        whole = len(models) == (stop_epoch or config.epochs) and all(m.exists() for m in models)
-        if done is None or (needed and not whole):
+        whole = len(models) == ((config.stop_epoch or config.epochs) if config.snapshot_every else 1)
+        if done is None or (needed and not (whole and all(m.exists() for m in models))):
             check_unscored(*training_pairs(config, check_config(config)), read_eval_data(self.dataset.data(split)))
             if done is None:
                 shutil.rmtree(out.parent / "logs", ignore_errors=True)  # evaluations of an earlier run of this place
             started = time.perf_counter()
-            steps = train(config).steps
-            done = record | {"seconds": round(time.perf_counter() - started, 1), "steps": steps, "commit": commit()}
+            result = train(config)
+            done = record | {
+                "seconds": round(result.final["elapsed_s"], 1),  # the optimizer loop's, as the train log clocks it
+                "wall_seconds": round(time.perf_counter() - started, 1),  # with loading and writing models
+                "steps": result.steps,
+                "commit": commit(),
+            }
             stamps.write(stamp, done)
             models = config.epoch_models()
         return models, done
@@ -127,22 +135,39 @@ class Study:
             for model in models:
                 shutil.rmtree(model, ignore_errors=True)
 
+    def eval_settings(self, split: str, judged: bool = False, **settings) -> EvalSettings:
+        """uld-eval's settings for a split's logs (the model is set per evaluation)."""
+        return EvalSettings(
+            model="",
+            data=str(self.dataset.data(split)),
+            dtype=self.dtype,
+            max_new_tokens=self.protocol["max_new_tokens"],
+            progress=self.progress,
+            judge=str(self.dataset.judge(split)) if judged else None,
+            **settings,
+        )
+
+    def done(self, output: Path, split: str, judged: bool = False, **settings) -> bool:
+        """Whether `output` holds logs evaluated as this study evaluates them now (uld-eval writes run.json last,
+        with its settings): logs of other settings (dtype, answer length, data, decoding) are made again."""
+        try:
+            made = json.loads((output / "run.json").read_text())["settings"]
+        except (OSError, ValueError, KeyError):
+            return False
+        wanted = json.loads(json.dumps(asdict(self.eval_settings(split, judged, **settings))))
+        return all(made.get(key) == wanted[key] for key in DECIDING_SETTINGS)
+
+    def missing(self, outputs: list[Path], split: str, judged: bool = False, **settings) -> bool:
+        return not all(self.done(output, split, judged, **settings) for output in outputs)
+
     def evaluate(
         self, models: list[Path], outputs: list[Path], split: str, judged: bool = False, **settings
     ) -> list[Path]:
         """uld-eval through one engine for the models whose logs are not there yet (answers judged for fluency when
         asked); returns every output."""
-        todo = [(m, o) for m, o in zip(models, outputs, strict=True) if not done(o)]
+        todo = [(m, o) for m, o in zip(models, outputs, strict=True) if not self.done(o, split, judged, **settings)]
         if todo:
-            eval_settings = EvalSettings(
-                model=str(todo[0][0]),
-                data=str(self.dataset.data(split)),
-                dtype=self.dtype,
-                max_new_tokens=self.protocol["max_new_tokens"],
-                progress=self.progress,
-                judge=str(self.dataset.judge(split)) if judged else None,
-                **settings,
-            )
+            eval_settings = replace(self.eval_settings(split, judged, **settings), model=str(todo[0][0]))
             evaluate_checkpoints(eval_settings, [str(m) for m, _ in todo], [str(o) for _, o in todo])
             gc.collect()
         return outputs
@@ -154,9 +179,8 @@ class Study:
         return self.evaluate([model], [out], split, judged)[0]
 
 
-def done(output: Path) -> bool:
-    """Whether an evaluation's logs are written (uld-eval writes run.json last)."""
-    return (output / "run.json").exists()
+# EvalSettings fields that decide an evaluation's logs (the rest: where, how fast, how shown)
+DECIDING_SETTINGS = ("data", "backend", "dtype", "weight", "filter", "splits", "max_new_tokens", "judge")
 
 
 def decodings(protocol: dict, method: str) -> list[dict]:
@@ -196,16 +220,16 @@ def grid_points(study: Study, split: str, method: str) -> list[dict]:
         run = study.run_dir(validation, method, lr, seed)
         outputs = {decoding_name(d): [run / "logs" / decoding_name(d) / f"epoch-{e}" for e in epochs]
                    for d in decodings(protocol, method)}  # fmt: skip
-        needed = not all(done(o) for runs in outputs.values() for o in runs)
+        needed = any(study.missing(outputs[decoding_name(d)], validation, **d) for d in decodings(protocol, method))
         models, trained = study.train(validation, method, lr, seed, needed)
         for decoding in decodings(protocol, method):
             logs = outputs[decoding_name(decoding)]
-            if needed:
+            if study.missing(logs, validation, **decoding):  # asked again: a run trained anew has no logs left
                 study.evaluate(models, logs, validation, **decoding)
             for epoch, out in zip(epochs, logs, strict=True):
                 share = epoch / len(epochs)
                 point = {"lr": lr, "epoch": epoch, **decoding, "train_seconds": trained["seconds"] * share,
-                         "steps": round(trained["steps"] * share)}  # fmt: skip
+                         "steps": round(trained["steps"] * share), "commit": trained["commit"]}  # fmt: skip
                 points.append(point | metrics(out, retain_logs))
         study.drop_models(models)
     return points
@@ -239,12 +263,13 @@ def test_runs(study: Study, split: str, method: str, chosen: dict) -> list[dict]
     for seed in study.protocol["seeds"]:
         run = study.run_dir(split, method, chosen["lr"], seed)
         out = run / "logs" / f"{decoding_name(decoding)}-epoch-{chosen['epoch']}"
-        models, trained = study.train(split, method, chosen["lr"], seed, not done(out), chosen["epoch"])
-        if not done(out):
-            study.evaluate([models[-1]], [out], split, judged=True, **decoding)
+        needed = study.missing([out], split, judged=True, **decoding)
+        models, trained = study.train(split, method, chosen["lr"], seed, needed, chosen["epoch"])
+        if study.missing([out], split, judged=True, **decoding):  # asked again: a run trained anew has no logs left
+            study.evaluate(models[-1:], [out], split, judged=True, **decoding)
         study.drop_models(models)
         row = metrics(out, retain_logs) | {"seed": seed, "logs_dir": str(out)}
-        rows.append(row | {"train_seconds": trained["seconds"], "steps": trained["steps"]})
+        rows.append(row | {k: trained[k] for k in ("steps", "commit")} | {"train_seconds": trained["seconds"]})
     return rows
 
 
@@ -280,9 +305,9 @@ def run(study: Study, until: str) -> dict:
         entry["validation_target"] = target_val
         if stop >= PHASES.index("test"):
             retain = study.reference_logs(split, "retain", dataset.retain_model(split), judged=True)
-            entry["target"] = metrics(study.reference_logs(split, "target", dataset.model("target"), True), retain)
+            target = study.reference_logs(split, "target", dataset.model("target"), True)
+            entry["target"] = metrics(target, retain) | {"logs_dir": str(target), "train_seconds": None}
             entry["retain"] = metrics(retain, retain) | {"logs_dir": str(retain), "train_seconds": None}
-            entry["target"]["train_seconds"] = None
         for method in METHODS:
             if stop < PHASES.index("grid"):
                 break
@@ -305,9 +330,21 @@ def run(study: Study, until: str) -> dict:
     return result
 
 
+def run_commits(result: dict) -> list[str]:
+    """Every commit that trained a grid point or a test run in `result`."""
+    found = set()
+    for entry in result["splits"].values():
+        for record in entry["methods"].values():
+            found |= {row["commit"] for row in record["grid"]["points"] + record.get("seeds", [])}
+    return sorted(found)
+
+
 def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    here = Path(__file__).parent
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+    )
     return done.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
@@ -329,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     study = Study(dataset, Path(args.work or default_work), dtype, not args.no_progress)
     result = {"commit": commit(), "title": dataset.title} | run(study, args.until)
     budget = {split: entry.pop("step_budget") for split, entry in result["splits"].items()}
+    result["run_commits"] = run_commits(result)  # the commits that trained what is reported (cached runs' too)
     result["protocol"] = dataset.protocol | {"step_budget": budget}  # by split: the forget set's size sets it
     result["machine"] = machine_info(dtype)
     result["command"] = " ".join(["python bench/quality.py", *(argv if argv is not None else sys.argv[1:])])

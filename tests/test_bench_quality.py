@@ -92,11 +92,31 @@ def test_the_study_runs_every_phase_and_writes_what_tools_read(tmp_path: Path, m
     assert split["methods"]["uld"]["selected"]["weight"] == -0.8
     assert (tmp_path / "results" / "quality-minitofu.png").stat().st_size > 0
     markdown = (tmp_path / "results" / "quality-minitofu.md").read_text()
-    assert "| ULD | lr 1e-3, epoch" in markdown and "Noise floor, 10 pairs" in markdown
+    assert "| ULD | lr 1e-3 (grid edge), epoch" in markdown and "Noise floor, 10 pairs" in markdown  # a 1-lr grid
+    assert result["run_commits"] and all(len(c) >= 40 for c in result["run_commits"])
+    assert (tmp_path / "results" / split["target"]["logs"] / "eval_log_forget.json").exists()
 
-    trained = sorted(p.stat().st_mtime_ns for p in (tmp_path / "work" / "runs").rglob("run.json"))
+    def stamps() -> dict[Path, int]:  # every run's and every evaluation's
+        return {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "runs").rglob("run.json")}
+
+    trained = stamps()
     assert quality.main(argv) == 0  # a second run finds everything cached: nothing trains again
-    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "work" / "runs").rglob("run.json")) == trained
+    assert stamps() == trained
+
+    build = MiniTofu.build
+
+    def build_then_edit(self):  # the test runs' retain set changes after the build wrote it
+        built = build(self)
+        retain = self.unlearn_files("forget01")[1]
+        retain.write_text("".join(retain.read_text().splitlines(keepends=True)[1:]))
+        return built
+
+    monkeypatch.setattr(MiniTofu, "build", build_then_edit)
+    assert quality.main(argv) == 0  # those runs train again and are evaluated again; the grid's stay
+    changed = {p.relative_to(tmp_path / "work" / "runs") for p, t in stamps().items() if trained[p] != t}
+    assert {p.parts[0] for p in changed} == {"forget01"} and len(
+        changed
+    ) == 2 * 2 * 2  # (run, its logs) x seeds x methods
 
 
 def test_tofu_splits_train_on_nothing_their_evaluation_scores(tmp_path: Path) -> None:

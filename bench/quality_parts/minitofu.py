@@ -9,6 +9,8 @@ from bench.quality_parts.dataset import VALIDATION, Dataset
 from uld_train import minitofu
 from uld_train.pretrain import MARKER, PretrainConfig, build, study_models
 from uld_vllm import stamps
+from uld_vllm.qa import read_rows
+from uld_vllm.rows import write_jsonl
 
 assert VALIDATION == minitofu.VALIDATION  # the data's validation splits are the protocol's
 
@@ -29,9 +31,10 @@ class MiniTofu(Dataset):
         "at least 0.95 x the target's; if none, the highest Model Utility (flagged)",
         "validation": "forgetNN_val: as many other authors as the test split (authors 40-79); Forget Quality against "
         "one retain model trained without all 40 validation authors",
-        "augmentation": "each question type's third phrasing and third answer template (mini-TOFU's held-out "
-        "templates): no evaluation file holds them; the truth ratio's paraphrased and perturbed answers are "
-        "evaluation-only",
+        "augmentation": "forget side, every method: each question type's third phrasing and third answer template "
+        "(mini-TOFU's held-out templates), which no evaluation file holds; retain side: none for any method (ULD's "
+        "reference recipe adds perturbed answers as retain text: left out, so every method sees the same data); the "
+        "truth ratio's paraphrased and perturbed answers are evaluation-only",
         "unlearning retain set": "authors 80-179 (unlearn_retain.jsonl); the evaluated retain set is authors 370-399",
         "judge": "the split's retain model",
         "max_new_tokens": 32,
@@ -43,10 +46,23 @@ class MiniTofu(Dataset):
     train_args: dict = {}  # float32: the tiny model trains fastest without autocast
 
     def build(self) -> dict:
-        """uld-minitofu build: the study's recipe as its manifest records it (the default recipe for a new study)."""
+        """uld-minitofu build (the study's recipe as its manifest records it; the default recipe for a new study),
+        then each split's unlearning retain set as every method trains on it."""
         manifest = self.study / "minitofu.json"
         recipe = PretrainConfig(**json.loads(manifest.read_text())["recipe"]) if manifest.exists() else None
-        return build(self.study, recipe, progress=self.progress, jobs=self.jobs)
+        built = build(self.study, recipe, progress=self.progress, jobs=self.jobs)
+        for split in minitofu.SPLITS:
+            rows = read_rows(self.data(split) / "unlearn_retain.jsonl", "unlearning retain set")
+            write_jsonl(
+                self.unlearn_files(split)[1], [{"question": r["question"], "answer": r["answer"]} for r in rows]
+            )
+        return built
+
+    def unlearn_files(self, split: str) -> tuple[Path, Path]:
+        """The dataset's unlearn_forget.jsonl, and its unlearn_retain.jsonl without the perturbed answers (which
+        only ULD's recipe would train on)."""
+        forget, _ = super().unlearn_files(split)
+        return forget, self.data(split) / "unlearn_retain_pairs.jsonl"
 
     def judge(self, split: str) -> Path:
         return self.retain_model(split)
