@@ -30,7 +30,8 @@ class MiniTofu(Dataset):
         "selection": "on the validation authors: the highest Forget Quality among snapshots whose Model Utility is "
         "at least 0.95 x the target's; if none, the highest Model Utility (flagged)",
         "validation": "forgetNN_val: as many other authors as the test split (authors 40-79); Forget Quality against "
-        "one retain model trained without all 40 validation authors",
+        "one retain model trained without all 40 validation authors (360 authors, where a test split's retain model "
+        "knows 360-396: a shared reference, so validation's Forget Quality can differ slightly from a per-split one)",
         "augmentation": "forget side, every method: each question type's third phrasing and third answer template "
         "(mini-TOFU's held-out templates), which no evaluation file holds; retain side: none for any method (ULD's "
         "reference recipe adds perturbed answers as retain text: left out, so every method sees the same data); the "

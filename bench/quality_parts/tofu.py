@@ -65,7 +65,8 @@ class Tofu(Dataset):
         "selection": "on the validation authors: the highest Forget Quality among snapshots whose Model Utility is "
         "at least 0.95 x the target's; if none, the highest Model Utility (flagged)",
         "validation": "forget05_val: authors 10-19, forget01_val: authors 18-19 (retain_perturbed's rows, with their "
-        "paraphrased and perturbed answers); Forget Quality against one retain model trained without authors 10-19",
+        "paraphrased and perturbed answers); Forget Quality against one retain model trained without authors 10-19 (it "
+        "knows 20 authors, where retain_forget01 knows 28: a shared reference for both validation splits)",
         "augmentation": "none: unlearning trains on question/answer pairs only; TOFU's paraphrased and perturbed "
         "answers are evaluation-only",
         "unlearning retain set": "validation runs: the test authors 190-199; test runs: the validation authors 10-19; "
