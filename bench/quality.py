@@ -203,6 +203,7 @@ def metrics(logs: Path, retain_logs: Path) -> dict:
     row["exact_memorization"] = result.get("exact_memorization")
     row["facts_stated"] = result.get("facts_stated")  # mini-TOFU: the share of true facts the forget answers state
     row["repetitive_forget"] = result.get("repetitive")  # the share of forget answers that loop
+    row["empty_forget"] = result.get("empty_forget")  # ... that are empty (no judge NLL: the gibberish rate skips them)
     return row
 
 

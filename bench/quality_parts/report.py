@@ -95,7 +95,7 @@ def claims(result: dict) -> list[str]:
 
 
 TABLE_KEYS = ("forget_quality", "model_utility", "ks_d", "rouge_forget", "rouge_retain", "gibberish_forget",
-              "gibberish_retain", "repetitive_forget", "extraction_strength", "exact_memorization", "facts_stated", "train_seconds")  # fmt: skip
+              "gibberish_retain", "repetitive_forget", "empty_forget", "extraction_strength", "exact_memorization", "facts_stated", "train_seconds")  # fmt: skip
 
 
 def markdown(result: dict) -> str:
@@ -122,9 +122,9 @@ def markdown(result: dict) -> str:
             lines += ["(test phase not run yet)", ""]
         header = (
             "| method | selected (validation) | F.Q. | M.U. | KS D | R-L forget | R-L retain | gibberish forget | "
-            "gibberish retain | loops forget | ES forget | EM forget | facts stated forget | train s |"
+            "gibberish retain | loops forget | empty forget | ES forget | EM forget | facts stated forget | train s |"
         )
-        lines += [header, "|---" * 14 + "|"]
+        lines += [header, "|---" * 15 + "|"]
         for name in ("target", "retain"):
             if name in entry:
                 row = entry[name]

@@ -370,3 +370,13 @@ def test_bad_input_is_a_one_line_eval_error(tmp_path: Path, trigger: Callable[[P
 )
 def test_repetitive_flags_loops_not_fluent_answers(generated: str, loops: bool) -> None:
     assert repetitive(generated) is loops
+
+
+def test_aggregate_counts_empty_forget_answers() -> None:
+    """An answer with no text has no judge NLL, so the gibberish rate cannot see it; its share is reported."""
+    logs = _toy_logs()
+    answers = ["Paris.", "", "  ", "He wrote novels."]
+    logs[FORGET_LOG]["generated_text"] = {str(i): ["question", a, "truth"] for i, a in enumerate(answers)}
+    result = aggregate(logs, None)
+    assert result["Empty Forget"] == result["empty_forget"] == 0.5
+    assert "Empty Forget" not in aggregate(_toy_logs(), None)  # logs without answers (TOFU's scoring-only ones)

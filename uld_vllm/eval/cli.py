@@ -19,7 +19,15 @@ from uld_vllm.eval.data import SPLIT_FILES
 from uld_vllm.eval.metrics import EvalError, aggregate, load_eval_logs
 from uld_vllm.eval.run import EvalResult, EvalSettings, evaluate_checkpoints
 
-SUMMARY_KEYS = ("model_utility", "forget_quality", "rouge_forget", "rouge_retain", "facts_stated", "repetitive")
+SUMMARY_KEYS = (
+    "model_utility",
+    "forget_quality",
+    "rouge_forget",
+    "rouge_retain",
+    "facts_stated",
+    "repetitive",
+    "empty_forget",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -318,7 +318,7 @@ def forget_quality(logs: EvalLogs, retain_logs: EvalLogs) -> dict[str, float]:
 def gibberish_rate(logs: EvalLogs, retain_logs: EvalLogs) -> dict[str, float]:
     """Per split both logs judged (FLUENCY_KEY), "Gibberish {split}": the share of answers whose judge NLL exceeds
     the GIBBERISH_QUANTILE of the retain model's own answers' NLL on the same split; ROUGE and the truth ratio count
-    noise as forgetting, this does not. Empty answers count as neither."""
+    noise as forgetting, this does not. Empty answers count as neither (aggregate's "Empty Forget" is their share)."""
     result = {}
     for split, name in SPLIT_NAMES.items():
         ours, theirs = (
@@ -354,6 +354,9 @@ def aggregate(logs: EvalLogs, retain_logs: EvalLogs | None) -> dict[str, float]:
     for key, name in FORGET_MEANS.items():
         if key in logs[FORGET_LOG]:
             result[f"{name} Forget"] = result[key] = float(np.mean(_values(logs[FORGET_LOG], key)))
+    if generated := logs[FORGET_LOG].get("generated_text"):  # answers nobody can judge: the gibberish rate skips them
+        empty = [not str(entry[1]).strip() for entry in generated.values()]
+        result["Empty Forget"] = result["empty_forget"] = float(np.mean(empty))
     result["model_utility"] = result["Model Utility"]
     result["rouge_retain"] = result["ROUGE Retain"]
     result["rouge_forget"] = result["ROUGE Forget"]
