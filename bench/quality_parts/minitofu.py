@@ -26,6 +26,8 @@ class MiniTofu(Dataset):
         "grad_accum": 2,
         "seeds": [0, 1, 2],  # the grid trains with the first; the test repeats the selection with each
         "uld_decoding": [{"weight": w, "filter": r} for w in (-0.8, -1.0) for r in (0.1, 0.0)],
+        "uld_settings": "assistant K 2 of 4 layers + LoRA r 16 (one 256-wide layer could not memorise a forget set); "
+        "w -0.8 and r 0.1 are the paper's values, -1.0 and 0 (no filter) the alternatives",
         "utility_floor": 0.95,
         "selection": "on the validation authors: the highest Forget Quality among snapshots whose Model Utility is "
         "at least 0.95 x the target's; if none, the highest Model Utility (flagged)",

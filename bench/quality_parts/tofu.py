@@ -61,6 +61,8 @@ class Tofu(Dataset):
         "grad_accum": 2,
         "seeds": [0, 1, 2],
         "uld_decoding": [{"weight": w, "filter": 0.1} for w in (-0.8, -0.4)],
+        "uld_settings": "assistant K 8 of 30 layers + LoRA r 16 (the paper's quarter of the depth); w -0.8 and r 0.1 "
+        "are the paper's values (the committed SmolLM2 bundle's too), w -0.4 a weaker one; none tuned on this study",
         "utility_floor": 0.95,
         "selection": "on the validation authors: the highest Forget Quality among snapshots whose Model Utility is "
         "at least 0.95 x the target's; if none, the highest Model Utility (flagged)",
