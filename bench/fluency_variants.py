@@ -20,7 +20,6 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,9 +78,9 @@ def trained_assistant(name: str, target: Path, work: Path, progress: bool) -> di
         progress=progress,
         **(ULD_RECIPE | ASSISTANTS[name]),
     )
-    record = {k: str(v) for k, v in stamp_fields(replace(config, progress=False)).items()}
+    record = stamp_fields(config, text=True)
     stamp = config.output.with_name(f"{name}.json")
-    if stamps.matching(stamp, record) is None:
+    if stamps.matching(stamp, record, subset=True) is None:
         train(config)
         stamps.write(stamp, record)
     steps = [json.loads(line) for line in (config.output / LOG_NAME).read_text().splitlines()]

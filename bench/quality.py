@@ -106,7 +106,7 @@ class Study:
         )
         # The stamp records what decides the run, the data's contents included (a changed protocol or file
         # retrains), and the commit that trained it.
-        record = {"config": {k: str(v) for k, v in stamp_fields(replace(config, progress=False)).items()}}
+        record = {"config": stamp_fields(config, text=True)}
         record["target"] = self.dataset.version(self.dataset.model("target"))
         record["data_sha256"] = {"forget": stamps.sha256(forget), "retain": stamps.sha256(retain)}
         stamp = out.with_name("run.json")

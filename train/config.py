@@ -91,6 +91,10 @@ RESUMABLE_CHANGES = frozenset(
 NEWER_FIELDS: dict[str, Any] = {"stop_epoch": None}
 
 
-def stamp_fields(config: TrainConfig) -> dict[str, Any]:
-    """The config as a build stamp records what decides a run: every field, less a newer one left at its old value."""
-    return {k: v for k, v in asdict(config).items() if k not in NEWER_FIELDS or v != NEWER_FIELDS[k]}
+def stamp_fields(config: TrainConfig, text: bool = False) -> dict[str, Any]:
+    """What decides a run, as a build stamp records it: every field but the progress bar, less a newer one left at
+    its old value. Values as str with `text` (the studies' stamps), else paths as str (the committed assistant's)."""
+    fields = {
+        k: v for k, v in asdict(config).items() if k != "progress" and (k not in NEWER_FIELDS or v != NEWER_FIELDS[k])
+    }
+    return {k: str(v) if text or isinstance(v, Path) else v for k, v in fields.items()}

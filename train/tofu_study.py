@@ -94,7 +94,7 @@ def build(directory: Path, config: FinetuneConfig, command: str, progress: bool 
         progress=progress,
         **ULD_RECIPE,
     )
-    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in stamp_fields(train_config).items()}
+    record = stamp_fields(train_config)
     marker = study.ADAPTERS / "assistant" / "uld-train.json"
     made_by = {"config": record, "target": json.loads((target / study.MERGED).read_text())}
     if not stamps.matching(marker, made_by, subset=True):
