@@ -361,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show vLLM's own logs")
     args = parser.parse_args(argv)
     quiet_vllm(args.verbose)
+    if args.no_progress:  # transformers' own bars too (loading and writing every merged model)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     dtype = resolve_dtype(args.dtype)
     default_study, default_work = DEFAULT_DIRS[args.dataset]
     dataset = datasets()[args.dataset](Path(args.study or default_study), not args.no_progress, args.jobs)
