@@ -8,9 +8,9 @@ from pathlib import Path
 from bench.quality_parts.dataset import VALIDATION, Dataset
 from uld_train import minitofu
 from uld_train.pretrain import MARKER, PretrainConfig, build, study_models
+from uld_train.tofu_study import write_rows
 from uld_vllm import stamps
 from uld_vllm.qa import read_rows
-from uld_vllm.rows import write_jsonl
 
 assert VALIDATION == minitofu.VALIDATION  # the data's validation splits are the protocol's
 
@@ -56,9 +56,7 @@ class MiniTofu(Dataset):
         built = build(self.study, recipe, progress=self.progress, jobs=self.jobs)
         for split in minitofu.SPLITS:
             rows = read_rows(self.data(split) / "unlearn_retain.jsonl", "unlearning retain set")
-            write_jsonl(
-                self.unlearn_files(split)[1], [{"question": r["question"], "answer": r["answer"]} for r in rows]
-            )
+            write_rows(self.unlearn_files(split)[1], rows)
         return built
 
     def unlearn_files(self, split: str) -> tuple[Path, Path]:
